@@ -1,0 +1,389 @@
+"""Transformer building blocks shared by every tower and by the fusion, captioning,
+audio and layout models: attention, MLP, pre-norm blocks, positional encodings.
+
+Shapes use B = batch, N = query tokens, M = key/context tokens, D = width,
+H = heads, Dh = D // H.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from polymodal.config import TransformerConfig
+
+# --------------------------------------------------------------------------- activations
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the GELU approximation OpenAI CLIP was trained with; using
+    exact GELU on those weights shifts the embeddings, so checkpoints record which."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    activations: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+    if name not in activations:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(activations)}")
+    return activations[name]()
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward network of a transformer block."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: str = "gelu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = make_activation(act)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scaling initialised small (CaiT, Touvron et al. 2021), which
+    lets deep stacks start close to the identity."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+# --------------------------------------------------------------------------- attention
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention on `F.scaled_dot_product_attention`.
+
+    Self-attention when `context` is None, cross-attention to `context` (B, M, D)
+    otherwise. `key_mask` (B, M) is True for keys that may be attended to (padding is
+    False); `causal` masks future positions. Inside `capture_attention(...)` the module
+    takes an explicit softmax path and records the attention weights (B, H, N, M).
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        # One fused projection: a single matmul for self-attention; cross-attention
+        # slices it into the query part and the key/value part.
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.recorded: list[Tensor] | None = None  # set by capture_attention()
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        q, k, v = self._project(x, context)  # (B, H, N|M, Dh)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        mask = attention_mask(key_mask, causal, q.shape[-2], k.shape[-2], x.device)
+        if self.recorded is not None:
+            out, weights = attention_with_weights(q, k, v, mask, causal and mask is None)
+            self.recorded.append(weights.detach())
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 is_causal=causal and mask is None)
+        out = out.transpose(1, 2).flatten(2)  # (B, N, D)
+        return self.out_proj(out)
+
+    def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        if context is None:
+            q, k, v = self.in_proj(x).chunk(3, dim=-1)
+        else:
+            dim = x.shape[-1]
+            q = F.linear(x, self.in_proj.weight[:dim], _slice(self.in_proj.bias, 0, dim))
+            k, v = F.linear(context, self.in_proj.weight[dim:],
+                            _slice(self.in_proj.bias, dim, 3 * dim)).chunk(2, dim=-1)
+        return self._split(q), self._split(k), self._split(v)
+
+    def _split(self, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+
+def _slice(bias: Tensor | None, start: int, stop: int) -> Tensor | None:
+    return None if bias is None else bias[start:stop]
+
+
+def attention_mask(
+    key_mask: Tensor | None, causal: bool, n: int, m: int, device: torch.device
+) -> Tensor | None:
+    """Boolean mask (B, 1, N, M), True = may attend; None when SDPA needs none.
+
+    Causal without padding is left to SDPA's `is_causal` fast path (returns None).
+    A query row with nothing to attend to (all keys padding) would give NaN from the
+    softmax, so such rows are opened fully: their output is ignored downstream anyway.
+    """
+    if key_mask is None:
+        return None
+    mask = key_mask.bool()[:, None, None, :]  # (B, 1, 1, M)
+    if causal:
+        mask = mask & torch.ones(n, m, dtype=torch.bool, device=device).tril()
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def attention_with_weights(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Reference attention that also returns its weights; equal to SDPA's output."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, N, M)
+    if causal:
+        n, m = scores.shape[-2:]
+        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+@contextmanager
+def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
+    """Record the attention weights of every attention module in `model`.
+
+    Yields a dict: module name -> list of (B, H, N, M) weights, one per call. Used for
+    explanations (heatmaps of words over image patches); slower than the SDPA path.
+    """
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiheadAttention)]
+    recorded: dict[str, list[Tensor]] = {}
+    for name, module in modules:
+        module.recorded = recorded.setdefault(name, [])
+    try:
+        yield recorded
+    finally:
+        for _, module in modules:
+            module.recorded = None
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: self-attention, optional cross-attention, MLP.
+
+    With `cross_attention=True` it is an ALBEF/BLIP fusion layer or a captioning
+    decoder layer: queries from `x`, keys and values from `context`.
+    """
+
+    def __init__(self, cfg: TransformerConfig, cross_attention: bool = False) -> None:
+        super().__init__()
+        dim = cfg.width
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = MultiheadAttention(dim, cfg.heads)
+        self.ls1 = _layer_scale(dim, cfg.layer_scale_init)
+        self.cross_attn: MultiheadAttention | None = None
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(dim, eps=cfg.norm_eps)
+            self.cross_attn = MultiheadAttention(dim, cfg.heads)
+            self.ls_cross = _layer_scale(dim, cfg.layer_scale_init)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(dim, cfg.mlp_dim, cfg.act)
+        self.ls2 = _layer_scale(dim, cfg.layer_scale_init)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), key_mask=key_mask, causal=causal, rope=rope))
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this block has cross-attention: pass context=")
+            x = x + self.ls_cross(self.cross_attn(self.norm_cross(x), context, key_mask=context_mask))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def _layer_scale(dim: int, init: float | None) -> nn.Module:
+    return nn.Identity() if init is None else LayerScale(dim, init)
+
+
+class Transformer(nn.Module):
+    """A stack of `TransformerBlock`s with optional gradient checkpointing."""
+
+    def __init__(self, cfg: TransformerConfig, cross_attention: bool = False) -> None:
+        super().__init__()
+        self.width = cfg.width
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg, cross_attention) for _ in range(cfg.layers)
+        )
+        self.grad_checkpointing = False
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        for block in self.blocks:
+            kwargs: dict[str, Any] = dict(key_mask=key_mask, causal=causal, rope=rope,
+                                          context=context, context_mask=context_mask)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # Trades a second forward pass for not storing activations.
+                x = checkpoint(block, x, use_reentrant=False, **kwargs)
+            else:
+                x = block(x, **kwargs)
+        return x
+
+    def init_weights(self) -> None:
+        """CLIP's initialisation (Radford et al. 2021; open_clip `init_parameters`):
+        residual output projections scaled down by sqrt(2 * layers) (GPT-2) so the
+        residual stream's variance does not grow with depth."""
+        attn_std = self.width**-0.5
+        proj_std = attn_std * (2 * len(self.blocks)) ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.blocks:
+            assert isinstance(block, TransformerBlock)
+            for attn in (block.attn, block.cross_attn):
+                if attn is not None:
+                    nn.init.normal_(attn.in_proj.weight, std=attn_std)
+                    nn.init.normal_(attn.out_proj.weight, std=proj_std)
+                    _zero_bias(attn.in_proj, attn.out_proj)
+            nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
+            nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
+            _zero_bias(block.mlp.fc1, block.mlp.fc2)
+
+
+def _zero_bias(*layers: nn.Linear) -> None:
+    for layer in layers:
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> Tensor:
+    """(length, dim) sin/cos table of Vaswani et al. (2017): even dims sin, odd cos."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(base) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq)[:, : dim // 2]
+    return table.float()
+
+
+def sincos_2d_table(grid: int, dim: int) -> Tensor:
+    """(grid*grid, dim) fixed 2-D table (MAE): half the channels encode the row, half the
+    column; rows of the result follow the row-major order of flattened patches."""
+    half = dim // 2
+    rows = sinusoidal_table(grid, half)  # (G, D/2)
+    cols = sinusoidal_table(grid, half)
+    return torch.cat([rows[:, None].expand(grid, grid, half),
+                      cols[None, :].expand(grid, grid, half)], dim=-1).reshape(grid * grid, dim)
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """One learned vector per position; `forward(n)` returns the first n (n, D)."""
+
+    def __init__(self, num_positions: int, dim: int, std: float = 0.01) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_positions, dim) * std)
+
+    def forward(self, n: int) -> Tensor:
+        if n > self.weight.shape[0]:
+            raise ValueError(f"sequence of {n} tokens exceeds {self.weight.shape[0]} positions")
+        return self.weight[:n]
+
+
+class SinusoidalPositionalEmbedding(nn.Module):
+    """Fixed sin/cos positions (not saved in checkpoints: they are recomputed)."""
+
+    def __init__(self, num_positions: int, dim: int) -> None:
+        super().__init__()
+        self.table: Tensor
+        self.register_buffer("table", sinusoidal_table(num_positions, dim), persistent=False)
+
+    def forward(self, n: int) -> Tensor:
+        if n > self.table.shape[0]:
+            raise ValueError(f"sequence of {n} tokens exceeds {self.table.shape[0]} positions")
+        return self.table[:n]
+
+
+class LearnedPositionalEmbedding2D(nn.Module):
+    """Factorised learned 2-D positions for a G x G patch grid: a row embedding and a
+    column embedding, D/2 channels each, concatenated (ViT paper, appendix D.4)."""
+
+    def __init__(self, grid: int, dim: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.grid = grid
+        self.row = nn.Parameter(torch.randn(grid, dim // 2) * std)
+        self.col = nn.Parameter(torch.randn(grid, dim - dim // 2) * std)
+
+    def forward(self, n: int) -> Tensor:
+        g = self.grid
+        if n != g * g:
+            raise ValueError(f"expected {g * g} patch tokens, got {n}")
+        table = torch.cat([self.row[:, None].expand(g, g, -1), self.col[None, :].expand(g, g, -1)], -1)
+        return table.reshape(g * g, -1)
+
+
+class SinCos2DPositionalEmbedding(nn.Module):
+    """Fixed 2-D sin/cos positions for a G x G patch grid (MAE, He et al. 2022)."""
+
+    def __init__(self, grid: int, dim: int) -> None:
+        super().__init__()
+        self.table: Tensor
+        self.register_buffer("table", sincos_2d_table(grid, dim), persistent=False)
+
+    def forward(self, n: int) -> Tensor:
+        if n != self.table.shape[0]:
+            raise ValueError(f"expected {self.table.shape[0]} patch tokens, got {n}")
+        return self.table
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer, Su et al. 2021), applied to queries and keys
+    inside attention so that q_m . k_n depends on m - n only. Half-split layout (as in
+    GPT-NeoX): channel i rotates with channel i + Dh/2."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError("rotary embeddings need an even head dimension")
+        self.inv_freq: Tensor
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, n: int) -> tuple[Tensor, Tensor]:
+        """(cos, sin), each (n, Dh)."""
+        angles = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)[:, None]
+        angles = angles * self.inv_freq  # (n, Dh/2)
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, H, N, Dh) by the angles of positions 0..N-1."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype))

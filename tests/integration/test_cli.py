@@ -1,0 +1,60 @@
+"""The command line, end to end (CliRunner in-process; a subprocess for exit codes)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from polymodal import __version__
+from polymodal.cli import app
+from polymodal.factory import get_tokenizer, load_model
+from polymodal.registry import list_presets
+from tests.helpers import make_hf_clip_dir
+
+runner = CliRunner()
+
+
+def test_version_and_help() -> None:
+    assert runner.invoke(app, ["--version"]).output.strip() == f"polymodal {__version__}"
+    result = runner.invoke(app, ["models", "--help"])
+    assert result.exit_code == 0 and "convert" in result.output
+
+
+def test_models_list_shows_every_preset() -> None:
+    result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in list_presets():
+        assert name in result.output
+    assert "ViT/32 768x12" in result.output  # clip-vit-b-32
+
+
+def test_models_convert_then_info(tmp_path: Path) -> None:
+    src = make_hf_clip_dir(tmp_path / "hf")
+    out = tmp_path / "converted"
+    result = runner.invoke(app, ["models", "convert", str(src), str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_model(out, device="cpu")
+    assert torch.isfinite(model.encode_text(get_tokenizer(out)("a cat").input_ids)).all()
+    info = runner.invoke(app, ["models", "info", str(out)], env={"COLUMNS": "200"})
+    assert info.exit_code == 0
+    model_id = result.output.split("model id ")[1].split(")")[0]
+    assert f"model id: {model_id}" in info.output
+    assert "transformers CLIPModel" in info.output
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
+    for args, message in ((["models", "info", "vit-tiny-46"], "did you mean vit-tiny-64"),
+                          (["models", "convert", str(tmp_path), str(tmp_path / "out")],
+                           "not a Hugging Face CLIP directory")):
+        proc = subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("error:") and message in " ".join(proc.stderr.split())
+        assert "Traceback" not in proc.stderr
+
+
+def test_unknown_option_is_rejected() -> None:
+    result = runner.invoke(app, ["models", "list", "--colour"])
+    assert result.exit_code == 2 and "No such option" in result.output

@@ -1,0 +1,114 @@
+import dataclasses
+
+import pytest
+import torch
+
+from polymodal.config import ResNetConfig, TextTransformerConfig, TransformerConfig, ViTConfig
+from polymodal.errors import ConfigError
+from polymodal.models.text import TextTransformer, masked_mean
+from polymodal.models.vision import ResNetTower, VisionTransformer
+
+T = TransformerConfig(width=32, layers=3, heads=4)
+
+
+def _text(**kw: object) -> TextTransformer:
+    cfg = TextTransformerConfig(vocab_size=50, context_length=10, transformer=T, **kw)  # type: ignore[arg-type]
+    return TextTransformer(cfg, output_dim=16).eval()
+
+
+def _ids(*rows: list[int], length: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def test_vit_tokens_and_pooling() -> None:
+    vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T), output_dim=16)
+    features = vit.forward_features(torch.randn(2, 3, 16, 16))
+    assert features.tokens.shape == (2, 17, 32)  # class token + 4x4 patches
+    torch.testing.assert_close(features.pooled, features.tokens[:, 0])
+    assert vit(torch.randn(2, 3, 16, 16)).shape == (2, 16)
+    mean_vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T, pool="mean"), 16)
+    features = mean_vit.forward_features(torch.randn(2, 3, 16, 16))
+    assert mean_vit.cls_token is None and features.tokens.shape == (2, 16, 32)
+    torch.testing.assert_close(features.pooled, features.tokens.mean(1))
+
+
+def test_vit_rejects_wrong_image_size() -> None:
+    vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T), 16)
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 16, 16\)"):
+        vit(torch.randn(2, 3, 32, 32))
+
+
+def test_resnet_tokens_are_cells_of_the_last_feature_map() -> None:
+    net = ResNetTower(ResNetConfig(image_size=32, widths=(8, 16), depths=(1, 1)), 16)
+    features = net.forward_features(torch.randn(2, 3, 32, 32))
+    assert features.tokens.shape == (2, 64, 16)  # 32 / 2 (stem) / 2 (stage 2) = 8x8
+    torch.testing.assert_close(features.pooled, features.tokens.mean(1))
+
+
+def test_eot_pooling_reads_the_first_end_token_and_ignores_what_follows() -> None:
+    text = _text()
+    a, mask = _ids([1, 7, 8, 2], [1, 7, 8, 2])
+    a[1, 4:] = torch.tensor([9, 9, 9, 9])  # garbage after the end token
+    features = text.forward_features(a)  # no mask: causal attention still ignores them
+    torch.testing.assert_close(features.pooled[0], features.pooled[1])
+    torch.testing.assert_close(features.pooled[0], features.tokens[0, 3])
+
+
+def test_eot_pooling_without_an_end_token_uses_the_last_real_token() -> None:
+    text = _text()
+    ids, mask = _ids([1, 7, 8, 9])
+    features = text.forward_features(ids, mask)
+    torch.testing.assert_close(features.pooled[0], features.tokens[0, 3])
+
+
+def test_padding_length_does_not_change_text_embeddings() -> None:
+    for kw in ({}, {"pool": "mean", "causal": False}, {"pos_embed": "rotary"}, {"pos_embed": "sinusoidal"}):
+        text = _text(**kw)
+        short, short_mask = _ids([1, 5, 6, 2], length=4)
+        long, long_mask = _ids([1, 5, 6, 2], length=10)
+        torch.testing.assert_close(text(short, short_mask), text(long, long_mask), atol=1e-5, rtol=1e-5)
+
+
+def test_text_rejects_left_padding_and_overlong_inputs() -> None:
+    text = _text()
+    ids, mask = _ids([1, 5, 2])
+    with pytest.raises(ValueError, match="right-padded"):
+        text(ids, mask.flip(1))
+    with pytest.raises(ValueError, match="exceed context_length 10"):
+        text(torch.ones(1, 11, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, L\)"):
+        text(torch.ones(11, dtype=torch.long))
+
+
+def test_masked_mean_ignores_padding() -> None:
+    x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    assert masked_mean(x, torch.tensor([[1, 1, 0]])).item() == 2.0
+
+
+def test_lock_freezes_all_but_the_last_groups_and_keeps_the_head_trainable() -> None:
+    vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T), 16)
+    vit.lock(unlocked_groups=1)
+    trainable = {n.split(".")[0] + ("." + n.split(".")[2] if n.startswith("transformer") else "")
+                 for n, p in vit.named_parameters() if p.requires_grad}
+    assert trainable == {"transformer.2", "norm", "head"}
+    vit.lock(0)
+    assert {n.split(".")[0] for n, p in vit.named_parameters() if p.requires_grad} == {"head"}
+    vit.lock(4)  # stem + 3 blocks: everything
+    assert all(p.requires_grad for p in vit.parameters())
+    with pytest.raises(ConfigError, match="unlocked_groups must be in 0..4"):
+        vit.lock(5)
+
+
+@pytest.mark.parametrize("proj", ["linear", "mlp", "none"])
+def test_projection_heads(proj: str) -> None:
+    cfg = ViTConfig(image_size=16, patch_size=4, transformer=T, proj=proj, proj_bias=True)  # type: ignore[arg-type]
+    vit = VisionTransformer(cfg, output_dim=32)
+    assert vit(torch.randn(1, 3, 16, 16)).shape == (1, 32)
+    if proj == "none":
+        with pytest.raises(ConfigError, match="needs tower width 32 == embed_dim 16"):
+            VisionTransformer(dataclasses.replace(cfg), output_dim=16)
