@@ -14,7 +14,7 @@ $SUDO apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji unic
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 # pip warns about absent mirror folders on this machine; only real errors matter.
-.venv/bin/pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
+.venv/bin/pip install -q torch==2.13.0 numpy 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import torch" || { echo "torch failed to install" >&2; exit 1; }
 .venv/bin/pip install -q -e ".[index,serve,dev]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import polymodal, faiss, fastapi" || { echo "polymodal failed to install" >&2; exit 1; }
