@@ -19,7 +19,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,8 @@ def save_model_dir(
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it)")
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} exists and is not a directory")
     # Contiguous clones: safetensors refuses shared or strided storage (tied weights).
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     mid = model_id(state)
@@ -96,7 +98,7 @@ def save_model_dir(
         "polymodal_format": FORMAT_VERSION,
         "model_id": mid,
         "architecture": ARCHITECTURE,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,
         "model": to_dict(config),
         "training": training or {},
@@ -109,15 +111,30 @@ def save_model_dir(
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"model_id": mid})
         (tmp / TOKENIZER_FILE).write_text(tokenizer_json)
         (tmp / CONFIG_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        for file in (WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE):
+            fsync(tmp / file)
+        fsync(tmp)
         _replace_dir(tmp, path)
+        fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return mid
 
 
+def fsync(path: Path) -> None:
+    """Flush a file or a directory entry to disk, so a rename after it is durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`, replacing it; at no moment is `target` half-written."""
+    """Move `new` to `target`, replacing it; at no moment is `target` half-written.
+    (Between the two renames `target` is briefly absent; `read_card` then points to the
+    previous version, kept under a hidden .old- name.)"""
     if not target.exists():
         os.replace(new, target)
         return
@@ -135,7 +152,10 @@ def read_card(path: str | Path) -> ModelCard:
     path = Path(path)
     config_file = path / CONFIG_FILE
     if not path.is_dir():
-        raise CheckpointError(f"{path} is not a model directory")
+        leftovers = sorted(path.parent.glob(f".{path.name}.old-*"))
+        hint = (f"; an interrupted save left the previous version in {leftovers[0]}: rename it back"
+                if leftovers else "")
+        raise CheckpointError(f"{path} is not a model directory{hint}")
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no {CONFIG_FILE}")
     try:
@@ -169,15 +189,18 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         pickles = [p.name for p in path.parent.glob("*") if p.name in _PICKLE_NAMES]
         hint = f" (found pickle {pickles[0]}, which polymodal does not load)" if pickles else ""
         raise CheckpointError(f"missing weights file {path}{hint}")
+    try:
+        return load_file(str(path))  # never unpickles
+    except Exception as err:  # safetensors raises SafetensorError, a plain Exception
+        failure = err
+    # Only now look at the magic bytes, to say what the file is: a valid safetensors
+    # header length can start with the same bytes as a pickle (0x80) or a zip ("PK").
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(4)
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{path} is a pickle / torch.save file; polymodal only loads "
                               "safetensors, because unpickling can run arbitrary code")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises SafetensorError, a plain Exception
-        raise CheckpointError(f"{path} is not a valid safetensors file: {err}") from None
+    raise CheckpointError(f"{path} is not a valid safetensors file: {failure}")
 
 
 def load_state(module: nn.Module, state: dict[str, Tensor], source: str) -> None:

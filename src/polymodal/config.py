@@ -66,11 +66,11 @@ class ViTConfig:
     pos_embed: Literal["learned", "learned_2d", "sincos_2d"] = "learned"
     pre_norm: bool = True  # CLIP's ln_pre: a LayerNorm on the embedded tokens
     patch_bias: bool = False  # CLIP's patch convolution has no bias
-    in_channels: int = 3
     proj: ProjectionKind = "linear"
     proj_bias: bool = False
 
     def __post_init__(self) -> None:
+        _check(self.image_size > 0 and self.patch_size > 0, "image_size and patch_size must be > 0")
         _check(self.image_size % self.patch_size == 0,
                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         _check(self.pos_embed == "learned" or self.transformer.width % 4 == 0,
@@ -90,12 +90,13 @@ class ResNetConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     depths: tuple[int, ...] = (1, 1, 1, 1)
     norm_groups: int = 8
-    in_channels: int = 3
     proj: ProjectionKind = "linear"
     proj_bias: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.widths) == len(self.depths) >= 1, "widths and depths need the same length >= 1")
+        _check(self.norm_groups > 0 and min(self.widths) > 0 and min(self.depths) > 0,
+               "norm_groups, widths and depths must be > 0")
         _check(all(w % self.norm_groups == 0 for w in self.widths),
                f"every width must be divisible by norm_groups={self.norm_groups}")
         # The stem halves the size once, every stage after the first halves it again.
@@ -120,7 +121,11 @@ class TextTransformerConfig:
     proj_bias: bool = False
 
     def __post_init__(self) -> None:
+        _check(self.vocab_size > 0 and self.context_length >= 3,
+               "vocab_size must be > 0 and context_length >= 3 (start, a token, end)")
         _check(0 <= self.eot_token_id < self.vocab_size, "eot_token_id must be inside the vocabulary")
+        _check(self.pool != "first" or not self.causal,
+               "pool 'first' needs causal = false: under a causal mask token 0 sees only itself")
         head_dim = self.transformer.width // self.transformer.heads
         _check(self.pos_embed != "rotary" or head_dim % 2 == 0, "rotary embeddings need an even head dim")
 
@@ -138,6 +143,9 @@ class HFTextConfig:
     hf_config: dict[str, Any] | None = None
     proj: ProjectionKind = "linear"
     proj_bias: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.context_length >= 3, "context_length must be >= 3")
 
 
 # Unions of tower configs; from_dict picks the member by its "kind".
@@ -189,7 +197,7 @@ class AugmentConfig:
 class TokenizerConfig:
     """Padding of tokenized batches. Truncation length is the text tower's context_length."""
 
-    pad_token: str = "<pad>"
+    pad_token: str = ""  # "" = the tokenizer's own (<pad> for polymodal's BPE, [PAD] for BERT)
     # longest: pad to the longest text in the batch; exact for causal + eot pooling and
     # for masked mean pooling, and cheaper than max_length.
     padding: Literal["longest", "max_length"] = "longest"
@@ -228,7 +236,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     kind = getattr(cls, "kind", None)
     if kind is not None and data.get("kind", kind) != kind:
         raise ConfigError(f"{where}: kind {data['kind']!r} does not match {kind!r}")
-    unknown = sorted(set(data) - fields - {"kind"})
+    unknown = sorted(set(data) - fields - ({"kind"} if kind is not None else set()))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
     hints = get_type_hints(cls)

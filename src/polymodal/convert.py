@@ -70,7 +70,9 @@ def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None) -> D
         vision = ViTConfig(
             image_size=v["image_size"], patch_size=v["patch_size"],
             transformer=_transformer(v), pool="cls", pos_embed="learned", pre_norm=True,
-            patch_bias=False, in_channels=v.get("num_channels", 3), proj="linear", proj_bias=False)
+            patch_bias=False, proj="linear", proj_bias=False)
+        if v.get("num_channels", 3) != 3:
+            raise CheckpointError(f"CLIP vision models with {v['num_channels']} channels are not supported")
         eot = t.get("eos_token_id", 2)
         if eot == 2:
             # Configs from before transformers PR #24773 say 2 and pool at argmax(ids),
@@ -173,17 +175,27 @@ def read_hf_weights(src: Path) -> dict[str, Tensor]:
     raise CheckpointError(f"{src} has no weights (model.safetensors or pytorch_model.bin)")
 
 
-def load_hf_clip(src: str | Path, tokenizer_src: str | Path | None = None
-                 ) -> tuple[DualEncoder, Tokenizer, DualEncoderConfig]:
-    """Build a DualEncoder (and its tokenizer) from a transformers CLIPModel directory."""
-    src = Path(src)
+def _read_hf_config(src: Path) -> DualEncoderConfig:
     if not is_hf_clip_dir(src):
         raise CheckpointError(f"{src} is not a Hugging Face CLIP directory (config.json with "
                               "model_type 'clip')")
     hf = json.loads((src / "config.json").read_text())
     pre_file = src / "preprocessor_config.json"
     preprocessor = json.loads(pre_file.read_text()) if pre_file.is_file() else None
-    config = config_from_hf(hf, preprocessor)
+    return config_from_hf(hf, preprocessor)
+
+
+def hf_clip_tokenizer(src: str | Path, tokenizer_src: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a CLIPModel directory (no weights are read)."""
+    config = _read_hf_config(Path(src))
+    return Tokenizer.from_hf(tokenizer_src or src, config.text.context_length)
+
+
+def load_hf_clip(src: str | Path, tokenizer_src: str | Path | None = None
+                 ) -> tuple[DualEncoder, Tokenizer, DualEncoderConfig]:
+    """Build a DualEncoder (and its tokenizer) from a transformers CLIPModel directory."""
+    src = Path(src)
+    config = _read_hf_config(src)
     tokenizer = Tokenizer.from_hf(tokenizer_src or src, config.text.context_length)
     config = dataclasses.replace(config, tokenizer=tokenizer.config)
     check_tokenizer_fits(config, tokenizer)

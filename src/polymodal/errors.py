@@ -22,3 +22,7 @@ class ImageDecodeError(PolymodalError):
 
 class TokenizerError(PolymodalError):
     """A tokenizer is missing or does not fit the model."""
+
+
+class DataError(PolymodalError):
+    """A dataset cannot be read: missing file or column, empty, malformed rows."""

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from polymodal.checkpoint import (
     save_model_dir,
 )
 from polymodal.config import AugmentConfig, DualEncoderConfig, PreprocessConfig
-from polymodal.convert import is_hf_clip_dir, load_hf_clip
+from polymodal.convert import hf_clip_tokenizer, is_hf_clip_dir, load_hf_clip
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.registry import get_preset
 from polymodal.tokenizer import Tokenizer, check_tokenizer_fits, pretrained_tokenizer
@@ -66,7 +67,7 @@ def get_tokenizer(source: str | Path | DualEncoderConfig) -> Tokenizer:
         return pretrained_tokenizer(source)
     path = Path(source)
     if is_hf_clip_dir(path):
-        return load_hf_clip(path)[1]
+        return hf_clip_tokenizer(path)
     if path.is_dir():
         config = read_card(path).config
         return Tokenizer.from_file(path / TOKENIZER_FILE, config.text.context_length, config.tokenizer)
@@ -85,5 +86,6 @@ def save_model(model: DualEncoder, tokenizer: Tokenizer, path: str | Path, *,
                overwrite: bool = False) -> str:
     """Write a model directory (see checkpoint.py); returns the model id."""
     check_tokenizer_fits(model.config, tokenizer)
-    return save_model_dir(model, model.config, tokenizer.backend.to_str(), path, training=training,
+    config = dataclasses.replace(model.config, tokenizer=tokenizer.config)  # the tokenizer's own padding
+    return save_model_dir(model, config, tokenizer.backend.to_str(), path, training=training,
                           metrics=metrics, source=source, overwrite=overwrite)

@@ -12,6 +12,7 @@ right, to the longest text or to the context length) are always set explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,15 @@ class Tokenizer:
     def __init__(self, backend: Backend, context_length: int, config: TokenizerConfig) -> None:
         self.backend = Backend.from_str(backend.to_str())  # a copy: settings below are ours
         self.context_length = context_length
+        if not config.pad_token:
+            config = dataclasses.replace(config, pad_token=PAD)
         self.config = config
+        special = self.backend.post_processor.num_special_tokens_to_add(False) \
+            if self.backend.post_processor else 0
+        if context_length <= special:
+            # tokenizers cannot truncate below its special tokens and would silently not truncate.
+            raise TokenizerError(f"context length {context_length} leaves no room next to "
+                                 f"{special} special tokens")
         pad_id = self.backend.token_to_id(config.pad_token)
         if pad_id is None:
             raise TokenizerError(f"pad token {config.pad_token!r} is not in the tokenizer's vocabulary")
@@ -100,7 +109,7 @@ class Tokenizer:
     @classmethod
     def from_hf(cls, source: str | Path, context_length: int, config: TokenizerConfig | None = None
                 ) -> Tokenizer:
-        """The fast tokenizer of a Hugging Face model directory; pad token from its config
+        """The fast tokenizer of a Hugging Face model directory; the pad token is its own
         unless `config` names one."""
         from transformers import AutoTokenizer
 
@@ -117,11 +126,12 @@ class Tokenizer:
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is None:
             raise TokenizerError(f"{source} has no fast (tokenizers) tokenizer")
-        if config is None:
+        config = config or TokenizerConfig()
+        if not config.pad_token:
             pad = hf.pad_token or hf.eos_token
             if pad is None:
                 raise TokenizerError(f"the tokenizer of {source} has no pad or end token")
-            config = TokenizerConfig(pad_token=str(pad))
+            config = dataclasses.replace(config, pad_token=str(pad))
         return cls(backend, context_length, config)
 
 
@@ -166,7 +176,8 @@ def check_tokenizer_fits(config: DualEncoderConfig, tokenizer: Tokenizer) -> Non
         raise TokenizerError(f"tokenizer context length {tokenizer.context_length} != text tower "
                              f"context length {text.context_length}")
     if isinstance(text, TextTransformerConfig) and text.pool == "eot":
-        last = int(tokenizer("a").input_ids[0, -1])
+        tokens = tokenizer("a")
+        last = int(tokens.input_ids[0, int(tokens.attention_mask[0].sum()) - 1])
         if last != text.eot_token_id:
             raise TokenizerError(f"tokenizer ends texts with token {last}, but the text tower pools "
                                  f"at end token {text.eot_token_id}")

@@ -26,10 +26,12 @@ from polymodal.errors import ImageDecodeError
 
 ImageSource = str | Path | bytes | Image.Image
 
-# Larger images are refused before decoding (decompression bombs): 16k x 16k pixels.
-DEFAULT_MAX_PIXELS = 16384 * 16384
+# Larger images are refused before decoding (decompression bombs). Pillow refuses more
+# than twice its MAX_IMAGE_PIXELS (~179 million) on its own; that is our default too.
+DEFAULT_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -37,33 +39,41 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 
 def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Decode an image fully and return it as RGB, EXIF orientation applied.
+    """Decode an image fully and return it as 8-bit RGB, EXIF orientation applied.
 
-    Raises ImageDecodeError naming the source for empty, truncated, corrupt, non-image
-    or over-large (`max_pixels`) inputs.
+    Accepts a path, encoded bytes or a Pillow image (opened lazily or not). Raises
+    ImageDecodeError naming the source for empty, truncated, corrupt, non-image or
+    over-large (`max_pixels`, and Pillow's own decompression-bomb limit) inputs.
     """
     name = "<bytes>" if isinstance(source, bytes) else str(getattr(source, "filename", "") or source)
-    if isinstance(source, Image.Image):
-        image = source
-    else:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check sizes ourselves
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            try:
+                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            except FileNotFoundError:
+                raise ImageDecodeError(f"{name}: no such file") from None
+            except Image.DecompressionBombError as err:
+                raise ImageDecodeError(f"{name}: too many pixels ({_reason(err)})") from None
+            except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is OSError
+                raise ImageDecodeError(f"{name}: not a readable image ({_reason(err)})") from None
+        width, height = image.size
+        if width == 0 or height == 0:
+            raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageDecodeError(f"{name}: {width}x{height} pixels exceed the limit of {max_pixels}")
         try:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        except FileNotFoundError:
-            raise ImageDecodeError(f"{name}: no such file") from None
-        except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is OSError
-            raise ImageDecodeError(f"{name}: not a readable image ({_reason(err)})") from None
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageDecodeError(f"{name}: {width}x{height} pixels exceed the limit of {max_pixels}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check size above
             image.load()  # decode now, so truncation is found here and not mid-batch
-            return to_rgb(ImageOps.exif_transpose(image), background)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"{name}: corrupt or truncated image ({_reason(err)})") from None
+            rgb = to_rgb(ImageOps.exif_transpose(image), background)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise ImageDecodeError(f"{name}: corrupt or truncated image ({_reason(err)})") from None
+    if getattr(image, "n_frames", 1) > 1 and image is not source:
+        # Multi-frame files (GIF, TIFF) keep their file open for seeking; we use frame 0.
+        rgb = rgb.copy() if rgb is image else rgb
+        image.close()
+    return rgb
 
 
 def _reason(err: Exception) -> str:
@@ -71,52 +81,47 @@ def _reason(err: Exception) -> str:
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB: transparency composited on `background`, palette,
-    grayscale and CMYK converted, 16- and 32-bit data scaled to 8 bits."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = Image.fromarray(_to_uint8(np.asarray(image)), mode="L")
-    if image.mode in ("P", "PA"):
-        has_alpha = image.mode == "PA" or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+    """Any Pillow mode -> 8-bit RGB: transparency (alpha channels, palette and tRNS
+    colour keys) composited on `background`; palette, grayscale and CMYK converted;
+    16-bit, 32-bit and float samples scaled to 8 bits by their mode's range."""
+    if image.mode in _HIGH_BIT_MODES:
+        image = Image.fromarray(_to_uint8(np.asarray(image), image.mode), mode="L")
+    if "transparency" in image.info and image.mode in ("P", "L", "RGB"):
+        image = image.convert("RGBA")  # a transparent colour key becomes an alpha channel
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
         rgba = image.convert("RGBA")
         base = Image.new("RGBA", rgba.size, (*background, 255))
         return Image.alpha_composite(base, rgba).convert("RGB")
     if image.mode != "RGB":
-        image = image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+        image = image.convert("RGB")  # P, L, 1, CMYK, YCbCr, LAB, HSV
     return image
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """16-bit (or 32-bit int / float) grayscale data to 8 bits."""
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """High-bit-depth grayscale to 8 bits, scaled by the mode's range, not the data's
+    (a dark 16-bit image stays dark). "I" is how Pillow opens 16-bit PNG and TIFF data;
+    float ("F") images are taken to be in [0, 1]."""
     data = array.astype(np.float64)
-    if array.dtype.kind == "f":  # float images: [0, 1] if they fit, else clip to [0, 255]
-        data = data * 255.0 if data.max(initial=0.0) <= 1.0 else data
-    elif data.max(initial=0) > 255:  # 16-bit samples, as Pillow opens 16-bit PNG/TIFF
-        data = data / 257.0  # 65535 -> 255
+    data = data * 255.0 if mode == "F" else data / 257.0  # 65535 -> 255
     return np.clip(np.rint(data), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- geometry
 
 
-def resize_shortest(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """Scale so the shortest side is `size`; the long side is truncated as torchvision's
-    Resize(int) does (OpenAI CLIP's preprocessing)."""
-    w, h = image.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    new_size = (size, new_long) if w <= h else (new_long, size)
-    return image if new_size == image.size else image.resize(new_size, resample)
+def center_crop_box(width: int, height: int, resize: int, crop: int) -> tuple[float, float, float, float]:
+    """The source region that "resize the shortest side to `resize`, then take the
+    central crop x crop" keeps, as torchvision's Resize(int) + CenterCrop compute it
+    (OpenAI CLIP's preprocessing: the long side truncated, crop offsets rounded).
 
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Central size x size crop (offsets rounded as torchvision's CenterCrop)."""
-    w, h = image.size
-    if w < size or h < size:
-        raise ValueError(f"image {w}x{h} is smaller than the crop {size}")
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
+    Resampling only this box straight to crop x crop gives the same pixels without
+    materialising the resized image, which for a 3000x1 strip would be 672000x224."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(resize * long / short)
+    new_w, new_h = (resize, new_long) if width <= height else (new_long, resize)
+    left, top = int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
 
 
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float],
@@ -166,8 +171,8 @@ class ImageTransform:
         size = self.cfg.image_size
         if self.cfg.resize_mode == "squash":
             return image if image.size == (size, size) else image.resize((size, size), self.resample)
-        resize = self.cfg.resize_size or size
-        return center_crop(resize_shortest(image, resize, self.resample), size)
+        box = center_crop_box(*image.size, self.cfg.resize_size or size, size)
+        return image.resize((size, size), self.resample, box=box)
 
     def to_tensor(self, image: Image.Image) -> Tensor:
         array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
@@ -175,8 +180,8 @@ class ImageTransform:
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
     def _rgb(self, image: ImageSource) -> Image.Image:
-        if isinstance(image, Image.Image) and image.mode == "RGB":
-            return image
+        # Also for Pillow images: EXIF rotation, lazy decoding errors and modes are
+        # handled the same way whether the caller passed a path or an opened image.
         return load_image(image, background=self.cfg.background)
 
 

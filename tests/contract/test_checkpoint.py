@@ -1,5 +1,6 @@
 """The model directory: save -> load round trips, ids, and every way loading can fail."""
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -43,10 +44,11 @@ def test_round_trip_gives_identical_embeddings(saved: Saved) -> None:
 
 
 def test_config_json_records_id_architecture_training_and_metrics(saved: Saved) -> None:
-    model, _, path = saved
+    model, tokenizer, path = saved
     card = read_card(path)
     assert card.model_id == model_id(model.state_dict()) and len(card.model_id) == 12
-    assert card.config == model.config
+    assert card.config == dataclasses.replace(model.config, tokenizer=tokenizer.config)
+    assert card.config.tokenizer.pad_token == "<pad>"  # the resolved pad token is recorded
     assert card.training == {"data": "shapes"} and card.metrics == {"r@1": 0.5}
     raw = json.loads((path / "config.json").read_text())
     assert raw["architecture"] == "dual_encoder" and raw["polymodal_format"] == 1
@@ -166,3 +168,36 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path: Path) -> N
     with pytest.raises(TokenizerError, match="pools at end token 2"):
         save_model(model, Tokenizer(backend, 12, TokenizerConfig()), tmp_path / "c")
     assert not list(tmp_path.iterdir())
+
+
+def test_safetensors_headers_that_look_like_pickles_still_load(tmp_path: Path) -> None:
+    """The first byte of a safetensors file is its header length; 0x80 must not read as pickle."""
+    from polymodal.checkpoint import read_weights
+
+    state = {"w": torch.arange(4.0)}
+    for pad in range(300):
+        path = tmp_path / f"w{pad}.safetensors"
+        save_file(state, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header starting with 0x80")
+    assert torch.equal(read_weights(path)["w"], state["w"])
+
+
+def test_save_over_a_plain_file_and_interrupted_saves_are_explained(saved: Saved) -> None:
+    model, tokenizer, path = saved
+    blocker = path.parent / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        save_model(model, tokenizer, blocker, overwrite=True)
+    path.rename(path.parent / ".model.old-1234abcd")  # as if killed between the two renames
+    with pytest.raises(CheckpointError, match=r"previous version in .*\.model\.old-1234abcd"):
+        load_model(path)
+
+
+def test_max_length_padding_tokenizers_fit(tmp_path: Path) -> None:
+    model = DualEncoder(tiny_config())
+    tokenizer = Tokenizer(train_bpe(CAPTIONS, 300), 12, TokenizerConfig(padding="max_length"))
+    save_model(model, tokenizer, tmp_path / "m")
+    assert get_tokenizer(tmp_path / "m")("a red circle").input_ids.shape == (1, 12)

@@ -7,7 +7,6 @@ import typing
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from polymodal.config import (
     DualEncoderConfig,
@@ -19,6 +18,7 @@ from polymodal.config import (
     ViTConfig,
 )
 from polymodal.factory import create_model, get_tokenizer
+from polymodal.losses import ClipLoss, SigLipLoss
 from polymodal.models import DualEncoder
 from polymodal.registry import get_preset, list_presets
 from tests.helpers import tiny_config, tiny_transformer
@@ -27,11 +27,14 @@ from tests.helpers import tiny_config, tiny_transformer
 def _text_inputs(model: DualEncoder, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = model.config.text
     if isinstance(cfg, HFTextConfig):
-        tokens = get_tokenizer(model.config)(["a red apple", "two dogs on a beach"][:batch])
+        texts = ["a red apple", "two dogs playing on a sunny beach", "x"][:batch]
+        tokens = get_tokenizer(model.config)(texts)
         return tokens.input_ids, tokens.attention_mask
     ids = torch.randint(3, cfg.vocab_size, (batch, 6))
+    mask = torch.ones_like(ids)
     ids[:, -1] = cfg.eot_token_id
-    return ids, torch.ones_like(ids)
+    ids[0, 3], ids[0, 4:], mask[0, 4:] = cfg.eot_token_id, 0, 0  # the first text is padded
+    return ids, mask
 
 
 def _check_forward_backward(model: DualEncoder, batch: int = 2) -> None:
@@ -42,12 +45,10 @@ def _check_forward_backward(model: DualEncoder, batch: int = 2) -> None:
     out = model(images=images, input_ids=ids, attention_mask=mask)
     assert out.image_embeds is not None and out.text_embeds is not None
     assert out.image_embeds.shape == out.text_embeds.shape == (batch, model.config.embed_dim)
-    logits = out.logit_scale * out.image_embeds @ out.text_embeds.T
-    if out.logit_bias is not None:
-        logits = logits + out.logit_bias
-    assert torch.isfinite(logits).all()
-    target = torch.arange(batch)
-    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    assert torch.isfinite(out.image_embeds).all() and torch.isfinite(out.text_embeds).all()
+    # SigLIP trains the bias; the softmax of CLIP's loss is blind to a shared bias.
+    loss = (SigLipLoss() if out.logit_bias is not None else ClipLoss())(out)
+    assert torch.isfinite(loss)
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not no_grad, f"parameters without gradient: {no_grad[:10]}"
@@ -81,6 +82,15 @@ VARIANTS = {
     "text-mlp-head-bias": dict(text=dataclasses.replace(_TEXT, proj="mlp", proj_bias=True)),
     "text-no-projection": dict(embed_dim=32, text=dataclasses.replace(_TEXT, proj="none")),
     "resnet": dict(vision=ResNetConfig(image_size=16, widths=(8, 16), depths=(1, 2), norm_groups=4)),
+    "resnet-mlp-head": dict(vision=ResNetConfig(image_size=16, widths=(8, 16), depths=(1, 1), norm_groups=4,
+                                                proj="mlp", proj_bias=True)),
+    "resnet-no-projection": dict(embed_dim=16, text=dataclasses.replace(_TEXT, proj="mlp"),
+                                 vision=ResNetConfig(image_size=16, widths=(8, 16), depths=(1, 1),
+                                                     norm_groups=4, proj="none")),
+    "hf-text-cls-pool": dict(text=HFTextConfig(pool="cls", context_length=16, proj="mlp", proj_bias=True)),
+    "hf-text-mean-linear": dict(text=HFTextConfig(pool="mean", context_length=16)),
+    "hf-text-no-projection": dict(embed_dim=384, text=HFTextConfig(context_length=16, proj="none"),
+                                  vision=dataclasses.replace(_VIT, proj="mlp")),
     "siglip-bias": dict(init_logit_bias=-10.0),
 }
 
@@ -99,9 +109,11 @@ def test_variants_cover_every_choice_and_flag() -> None:
         for tower in (config.vision, config.text):
             for field in dataclasses.fields(tower):
                 seen.setdefault(f"{type(tower).__name__}.{field.name}", set()).add(getattr(tower, field.name))
-    for cls in (ViTConfig, TextTransformerConfig):
+    for cls in (ViTConfig, ResNetConfig, TextTransformerConfig, HFTextConfig):
         for name, hint in typing.get_type_hints(cls).items():
             key = f"{cls.__name__}.{name}"
+            if name == "hf_config":
+                continue
             if typing.get_origin(hint) is typing.Literal:
                 assert set(typing.get_args(hint)) <= seen[key], key
             elif hint is bool:

@@ -86,6 +86,13 @@ def test_missing_required_key_is_an_error() -> None:
     (lambda: tiny_config(preprocess=PreprocessConfig(image_size=32)), "!= preprocess.image_size"),
     (lambda: PreprocessConfig(image_size=32, resize_size=16), "resize_size"),
     (lambda: AugmentConfig(scale=(0.9, 0.5)), "scale"),
+    (lambda: ViTConfig(image_size=32, patch_size=0, transformer=TransformerConfig(32, 1, 4)), "must be > 0"),
+    (lambda: ResNetConfig(image_size=64, norm_groups=0), "must be > 0"),
+    (lambda: TextTransformerConfig(vocab_size=10, context_length=2, transformer=TransformerConfig(32, 1, 4)),
+     "context_length >= 3"),
+    (lambda: TextTransformerConfig(vocab_size=10, context_length=8, transformer=TransformerConfig(32, 1, 4),
+                                   pool="first"), "causal = false"),
+    (lambda: HFTextConfig(context_length=1), "context_length"),
     (lambda: AugmentConfig(hue=0.7), "hue"),
 ])
 def test_invalid_combinations_fail_when_the_config_is_built(build, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -102,3 +109,10 @@ def test_configs_are_frozen() -> None:
 def test_unknown_preset_suggests_close_names() -> None:
     with pytest.raises(ConfigError, match="did you mean vit-tiny-64"):
         get_preset("vit-tiny-46")
+
+
+def test_kind_is_only_accepted_where_it_means_something() -> None:
+    data = preset_dict("vit-tiny-64")
+    data["preprocess"]["kind"] = "vit"
+    with pytest.raises(ConfigError, match=r"preprocess: unknown key\(s\) \['kind'\]"):
+        from_dict(DualEncoderConfig, data)

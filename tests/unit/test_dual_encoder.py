@@ -75,8 +75,18 @@ def test_locking_towers_through_the_model() -> None:
 def test_gradient_checkpointing_switch_keeps_results() -> None:
     model = DualEncoder(tiny_config()).train()
     images, ids, mask = _inputs()
-    before = model(images=images, input_ids=ids, attention_mask=mask)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(images=images, input_ids=ids, attention_mask=mask)
+        (out.logit_scale * out.image_embeds @ out.text_embeds.T).logsumexp(1).sum().backward()
+        return out.image_embeds, out.text_embeds, [p.grad.clone() for p in model.parameters()]
+
+    before = run()
     model.set_grad_checkpointing(True)
     assert all(t.grad_checkpointing for t in (model.visual.transformer, model.text.transformer))
-    after = model(images=images, input_ids=ids, attention_mask=mask)
-    torch.testing.assert_close(before.image_embeds, after.image_embeds)
+    after = run()
+    torch.testing.assert_close(before[0], after[0])
+    torch.testing.assert_close(before[1], after[1])
+    for a, b in zip(before[2], after[2], strict=True):
+        torch.testing.assert_close(a, b)

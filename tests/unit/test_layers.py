@@ -86,11 +86,34 @@ def test_cross_attention_reads_the_context_and_respects_its_mask() -> None:
     torch.testing.assert_close(out, attn.out_proj(ref.transpose(1, 2).flatten(2)), atol=1e-6, rtol=1e-5)
 
 
-def test_capture_attention_restores_the_fast_path() -> None:
+def test_capture_attention_restores_the_fast_path_and_nests() -> None:
     attn = MultiheadAttention(16, 2)
-    with capture_attention(attn):
-        assert attn.recorded is not None
+    x = torch.randn(1, 3, 16)
+    with capture_attention(attn) as outer:
+        attn(x)
+        with capture_attention(attn) as inner:
+            attn(x)
+        attn(x)
     assert attn.recorded is None
+    assert len(outer[""]) == 2 and len(inner[""]) == 1
+
+
+def test_sdpa_matches_a_hand_written_masked_softmax() -> None:
+    attn = MultiheadAttention(8, 1).eval()
+    x = torch.randn(1, 4, 8)
+    keep = torch.tensor([[True, True, True, False]])
+    q, k, v = attn.in_proj(x).chunk(3, dim=-1)
+    scores = q @ k.transpose(1, 2) / math.sqrt(8)  # (1, 4, 4)
+    allowed = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    expected = attn.out_proj(scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v)
+    torch.testing.assert_close(attn(x, key_mask=keep, causal=True), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_rotary_angles_stay_float32_in_a_bf16_model() -> None:
+    rope = RotaryEmbedding(64).to(torch.bfloat16)
+    cos, _ = rope(78)
+    assert cos.dtype == torch.float32
+    assert cos[77, 0].item() == pytest.approx(math.cos(77.0), abs=1e-5)
 
 
 def test_quick_gelu_matches_its_formula() -> None:

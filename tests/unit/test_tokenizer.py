@@ -101,3 +101,8 @@ def test_minilm_tokenizer_matches_transformers() -> None:
 def test_from_scratch_presets_have_no_implicit_tokenizer() -> None:
     with pytest.raises(TokenizerError, match="train_bpe"):
         pretrained_tokenizer(get_preset("vit-tiny-64"))
+
+
+def test_context_too_short_for_the_special_tokens_is_an_error() -> None:
+    with pytest.raises(TokenizerError, match="leaves no room next to 2 special tokens"):
+        Tokenizer(train_bpe(CAPTIONS, 300), 2, TokenizerConfig())

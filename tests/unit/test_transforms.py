@@ -67,6 +67,21 @@ def test_modes_convert_to_rgb(mode: str, value: object, expected: tuple[int, int
     assert to_rgb(Image.new(mode, (2, 2), value)).getpixel((0, 0)) == expected  # type: ignore[arg-type]
 
 
+def test_transparent_colour_keys_of_gray_and_rgb_pngs_are_composited() -> None:
+    for mode, key, other in (("L", 0, 200), ("RGB", (0, 0, 0), (200, 10, 10))):
+        image = Image.new(mode, (2, 1), key)  # type: ignore[arg-type]
+        image.putpixel((1, 0), other)  # type: ignore[arg-type]
+        loaded = load_image(_png_bytes(image, transparency=key))
+        assert loaded.getpixel((0, 0)) == (255, 255, 255), mode  # the keyed colour is transparent
+        assert loaded.getpixel((1, 0)) != (255, 255, 255), mode
+
+
+def test_dark_16_bit_images_stay_dark() -> None:
+    data = np.full((2, 2), 200, dtype=np.uint16)  # 200 / 65535: nearly black
+    decoded = load_image(_png_bytes(Image.fromarray(data)))
+    assert decoded.getpixel((0, 0)) == (1, 1, 1)
+
+
 def test_16_bit_grayscale_is_scaled_to_8_bits() -> None:
     data = np.array([[0, 65535], [257 * 100, 1000]], dtype=np.uint16)
     image = Image.fromarray(data)  # mode I;16
@@ -106,6 +121,25 @@ def test_bad_files_raise_clear_errors(tmp_path: Path) -> None:
         assert path.name in str(info.value)
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but carries no image data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_images_beyond_pillows_own_bomb_limit_are_an_image_error() -> None:
+    with pytest.raises(ImageDecodeError, match="too many pixels|exceed the limit"):
+        load_image(_png_header_only(14000, 14000), max_pixels=None)
+    with pytest.raises(ImageDecodeError, match="exceed the limit"):
+        load_image(_png_header_only(5000, 5000), max_pixels=1000 * 1000)
+
+
 def test_decompression_bombs_are_refused_before_decoding() -> None:
     data = _png_bytes(Image.new("L", (300, 300)))
     with pytest.raises(ImageDecodeError, match="exceed the limit"):
@@ -114,6 +148,31 @@ def test_decompression_bombs_are_refused_before_decoding() -> None:
 
 
 # --------------------------------------------------------------------------- geometry
+
+
+def test_opened_pillow_images_are_treated_like_paths(tmp_path: Path) -> None:
+    image = Image.new("RGB", (30, 10), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 5, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    transform = ImageTransform(PreprocessConfig(image_size=8))
+    torch.testing.assert_close(transform(Image.open(path)), transform(path))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    noise.save(tmp_path / "noise.jpg", quality=90)
+    data = (tmp_path / "noise.jpg").read_bytes()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(data[: len(data) // 2])  # header intact: opens lazily, fails to decode
+    with pytest.raises(ImageDecodeError):
+        transform(Image.open(truncated))
+
+
+def test_extreme_aspect_ratios_are_cropped_without_a_huge_intermediate() -> None:
+    strip = Image.new("RGB", (3000, 1), (10, 200, 30))
+    out = ImageTransform(PreprocessConfig(image_size=224))(strip)
+    pixels = _unnormalize(out, PreprocessConfig(image_size=224))
+    assert out.shape == (3, 224, 224) and abs(pixels[..., 1].mean() - 200) < 2
 
 
 def test_eval_transform_resizes_shortest_side_and_centre_crops() -> None:

@@ -164,16 +164,18 @@ def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
 
     Yields a dict: module name -> list of (B, H, N, M) weights, one per call. Used for
     explanations (heatmaps of words over image patches); slower than the SDPA path.
+    The switch lives on the modules: don't capture on a model shared between threads.
     """
     modules = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiheadAttention)]
+    previous = [m.recorded for _, m in modules]  # an enclosing capture resumes afterwards
     recorded: dict[str, list[Tensor]] = {}
     for name, module in modules:
         module.recorded = recorded.setdefault(name, [])
     try:
         yield recorded
     finally:
-        for _, module in modules:
-            module.recorded = None
+        for (_, module), before in zip(modules, previous, strict=True):
+            module.recorded = before
 
 
 # --------------------------------------------------------------------------- blocks
@@ -370,14 +372,18 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError("rotary embeddings need an even head dimension")
-        self.inv_freq: Tensor
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+        # Only a device marker: the frequencies are computed in float32 at each call, so
+        # that model.to(bfloat16) cannot round the angles (0.03 rad off at position 77).
+        self.anchor: Tensor
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     def forward(self, n: int) -> tuple[Tensor, Tensor]:
-        """(cos, sin), each (n, Dh)."""
-        angles = torch.arange(n, device=self.inv_freq.device, dtype=torch.float32)[:, None]
-        angles = angles * self.inv_freq  # (n, Dh/2)
+        """(cos, sin), each (n, Dh), float32."""
+        device = self.anchor.device
+        exponent = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim
+        inv_freq = 1.0 / self.base**exponent
+        angles = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq  # (n, Dh/2)
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 

@@ -20,10 +20,9 @@ from polymodal.models.layers import (
 from polymodal.models.tower import LayerGroup, Tower, TowerFeatures, build_projection
 
 
-def _check_image(x: Tensor, size: int, channels: int) -> None:
-    if x.ndim != 4 or x.shape[1] != channels or x.shape[2] != size or x.shape[3] != size:
-        raise ValueError(f"expected images of shape (B, {channels}, {size}, {size}), "
-                         f"got {tuple(x.shape)}")
+def _check_image(x: Tensor, size: int) -> None:
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
+        raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(x.shape)}")
 
 
 # --------------------------------------------------------------------------- ViT
@@ -41,7 +40,7 @@ class VisionTransformer(Tower):
         width = cfg.transformer.width
         self.cfg = cfg
         self.width, self.output_dim = width, output_dim
-        self.patch_embed = nn.Conv2d(cfg.in_channels, width, cfg.patch_size, cfg.patch_size,
+        self.patch_embed = nn.Conv2d(3, width, cfg.patch_size, cfg.patch_size,
                                      bias=cfg.patch_bias)
         scale = width**-0.5  # CLIP's init scale for the class token and positions
         self.cls_token = nn.Parameter(scale * torch.randn(1, 1, width)) if cfg.pool == "cls" else None
@@ -62,7 +61,7 @@ class VisionTransformer(Tower):
         self.transformer.init_weights()
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> TowerFeatures:
-        _check_image(x, self.cfg.image_size, self.cfg.in_channels)
+        _check_image(x, self.cfg.image_size)
         x = self.patch_embed(x.to(self.patch_embed.weight.dtype))  # (B, W, G, G)
         x = x.flatten(2).transpose(1, 2)  # (B, G*G, W), row-major patches
         if self.cfg.pos_embed == "learned":  # positions cover the class token too (CLIP)
@@ -126,7 +125,7 @@ class ResNetTower(Tower):
         self.cfg = cfg
         self.width, self.output_dim = cfg.widths[-1], output_dim
         w0, g = cfg.widths[0], cfg.norm_groups
-        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, w0, 3, 2, 1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, 2, 1, bias=False),
                                   nn.GroupNorm(g, w0), nn.ReLU(inplace=True))
         stages, in_ch = [], w0
         for i, (width, depth) in enumerate(zip(cfg.widths, cfg.depths, strict=True)):
@@ -142,7 +141,7 @@ class ResNetTower(Tower):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> TowerFeatures:
-        _check_image(x, self.cfg.image_size, self.cfg.in_channels)
+        _check_image(x, self.cfg.image_size)
         x = self.stem(x.to(self.norm.weight.dtype))
         for stage in self.stages:
             x = stage(x)  # (B, C, h, w)
