@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from polymodal.config import (
     DualEncoderConfig,
@@ -12,6 +13,10 @@ from polymodal.config import (
     TransformerConfig,
     ViTConfig,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 
 def tiny_transformer(width: int = 32, layers: int = 2, heads: int = 4, **kw: object) -> TransformerConfig:
@@ -82,3 +87,79 @@ def make_hf_clip_dir(directory: Path, *, legacy_eos: bool = False, act: str = "q
     if with_tokenizer:
         CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt")).save_pretrained(directory)
     return directory
+
+
+# --------------------------------------------------------------------------- generated data
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shape(colour: str, shape: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """One shape of random size and position on a light, noisy background."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(rng.integers(200, 256, (size, size, 3), dtype=np.uint8), "RGB")
+    radius = int(rng.integers(size // 5, size // 3))
+    cx, cy = (int(rng.integers(radius, size - radius)) for _ in range(2))
+    draw = ImageDraw.Draw(image)
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLOURS[colour])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLOURS[colour])
+    else:
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)],
+                     fill=COLOURS[colour])
+    return image
+
+
+def make_shapes_dataset(root: Path, per_class: int, seed: int = 0, size: int = 32) -> Path:
+    """root/images/*.png + root/captions.jsonl: `per_class` drawings of each of the 12
+    colour-shape pairs, two captions each. Returns the captions file."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for i in range(per_class):
+                name = f"images/{colour}-{shape}-{i}.png"
+                draw_shape(colour, shape, rng, size).save(root / name)
+                rows.append({"image": name, "captions": [f"a {colour} {shape}", f"{shape}, {colour}"]})
+    captions = root / "captions.jsonl"
+    captions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return captions
+
+
+TINY_MODEL = {
+    "embed_dim": 32,
+    "vision": {"kind": "vit", "image_size": 32, "patch_size": 8,
+               "transformer": {"width": 64, "layers": 2, "heads": 2}},
+    "text": {"kind": "transformer", "vocab_size": 300, "context_length": 16,
+             "transformer": {"width": 64, "layers": 2, "heads": 2}},
+    "preprocess": {"image_size": 32},
+}
+
+
+def write_train_config(path: Path, data_dir: Path, output: Path, **sections: dict) -> Path:
+    """A TOML training config over a shapes dataset made by make_shapes_dataset, with the
+    tiny model; `sections` override whole-section keys, e.g. train={"steps": 5}."""
+    (data_dir / "tiny-model.json").write_text(json.dumps(TINY_MODEL))
+    config: dict[str, dict] = {
+        "data": {"kind": "captions", "file": str(data_dir / "captions.jsonl"), "caption_columns": ["captions"]},
+        "model": {"preset": str(data_dir / "tiny-model.json"), "tokenizer_min_frequency": 1},
+        "optim": {"lr": 2e-3, "warmup_steps": 5},
+        "train": {"batch_size": 24, "steps": 10, "num_workers": 0, "log_every": 1, "checkpoint_every": 5},
+        "augment": {"scale": [0.8, 1.0]},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    lines = [f'output = "{output}"']
+    for name, values in config.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -18,6 +18,10 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Train, evaluate, index and serve image-text embedding models.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and convert models.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Build the built-in datasets.")
+data_build_app = typer.Typer(no_args_is_help=True, help="Build a built-in dataset into a folder.")
+data_app.add_typer(data_build_app, name="build")
+app.add_typer(data_app, name="data")
 console = Console()
 
 
@@ -28,7 +32,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool | None, typer.Option(  # noqa: UP007 (typer needs Optional)
+def _root(version: Annotated[bool | None, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
     """polymodal: image-text embeddings from training to search."""
 
@@ -60,7 +64,7 @@ def models_info(source: Annotated[str, typer.Argument(help="Preset name or model
 def models_convert(
     src: Annotated[Path, typer.Argument(help="A Hugging Face CLIPModel directory.")],
     out: Annotated[Path, typer.Argument(help="The polymodal model directory to write.")],
-    tokenizer: Annotated[Path | None, typer.Option(  # noqa: UP007
+    tokenizer: Annotated[Path | None, typer.Option(
         help="Take the tokenizer from this directory instead of SRC.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -71,18 +75,86 @@ def models_convert(
     console.print(f"wrote {out} (model id {model_id})")
 
 
-@app.command()
-def demo(
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: the cache).")] = None,  # noqa: UP007
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 120,
+@data_build_app.command("emoji")
+def data_build_emoji(
+    out: Annotated[Path, typer.Argument(help="Folder to write (images/, captions.jsonl, dataset.json).")],
+    size: Annotated[int, typer.Option(min=16, max=512, help="Image side in pixels.")] = 64,
 ) -> None:
-    """Train a tiny model on generated shapes, save, reload and evaluate it (about a minute)."""
-    from polymodal.demo import run_demo
-    from polymodal.paths import cache_dir
+    """Render every fully-qualified emoji with the system's Noto Color Emoji font."""
+    from rich.progress import track
 
-    result = run_demo(out or cache_dir() / "demo", steps=steps, log=console.print)
-    console.print(f"model {result.model_id} saved in {result.model_dir}; zero-shot accuracy "
-                  f"{result.accuracy_before:.1%} -> {result.accuracy_after:.1%} in {result.seconds:.0f} s")
+    from polymodal.data.builtin.emoji import build_emoji_dataset
+
+    info = build_emoji_dataset(out, size=size, progress=lambda it, n: track(it, total=n, description="rendering",
+                                                                            console=console))
+    splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+    console.print(f"wrote {info['emoji']} emoji to {out} ({splits}); {len(info['skipped'])} not in the font")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="A TOML recipe (see recipes/).")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a setting, e.g. --set train.batch_size=64 (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train (or resume) a model as CONFIG describes; the model lands in OUTPUT/model."""
+    from polymodal.train.config import load_train_config
+    from polymodal.train.loop import train as run_training
+
+    cfg = load_train_config(config, set_ or [])
+    try:
+        result = run_training(cfg, console=console, show_progress=not quiet)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; the last step is saved: run the same command to resume")
+        raise typer.Exit(130) from None
+    _print_training(result.steps, result.total_steps, result.seconds, result.metrics, result.model_dir,
+                    result.model_id, result.skipped)
+
+
+@app.command()
+def quickstart(
+    retrain: Annotated[bool, typer.Option(help="Train again even if a cached model exists.")] = False,
+    query: Annotated[list[str] | None, typer.Option(
+        help="Example text query (repeatable); default: five built-in ones.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a setting of the quickstart recipe.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="An emoji dataset folder (from `polymodal data build emoji`); default: built in the cache.")] = None,
+) -> None:
+    """Build the emoji dataset, train the default small model (cached), show what it finds."""
+    from polymodal.quickstart import EXAMPLE_QUERIES, run_quickstart
+
+    result = run_quickstart(retrain=retrain, queries=query or EXAMPLE_QUERIES, overrides=set_ or [],
+                            emoji_root=data, console=console)
+    origin = "cached model" if result.cached else "trained"
+    console.print(f"[bold]model[/bold] {result.model_id} ({origin}, {result.train_seconds:.0f} s of training) "
+                  f"in {result.model_dir}")
+    _print_metrics(result.metrics, "validation retrieval on held-out emoji")
+    for text, matches in result.examples.items():
+        shown = "   ".join(f"{m.char} {m.name} ({m.score:.2f})" for m in matches)
+        console.print(f"[bold]{text!r}[/bold] -> {shown}", highlight=False)
+
+
+def _print_training(steps: int, total: int, seconds: float, metrics: dict[str, float], model_dir: Path,
+                    model_id: str, skipped: dict[str, str]) -> None:
+    console.print(f"trained {steps}/{total} steps in {seconds:.0f} s; model {model_id} in {model_dir}")
+    if metrics:
+        _print_metrics(metrics, "validation")
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} unreadable images were skipped:[/yellow]")
+        for name, reason in list(skipped.items())[:20]:
+            console.print(f"  {name}: {reason}", highlight=False)
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    if not metrics:
+        return
+    table = Table("direction", "R@1", "R@5", "R@10", "median rank", title=title)
+    for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):
+        table.add_row(label, *(f"{metrics[f'{direction}_r{k}']:.1f}" for k in (1, 5, 10)),
+                      f"{metrics[f'{direction}_median_rank']:.0f}")
+    console.print(table)
 
 
 def main() -> None:

@@ -233,7 +233,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kind = getattr(cls, "kind", None)
+    kind = _class_kind(cls)
     if kind is not None and data.get("kind", kind) != kind:
         raise ConfigError(f"{where}: kind {data['kind']!r} does not match {kind!r}")
     unknown = sorted(set(data) - fields - ({"kind"} if kind is not None else set()))
@@ -251,8 +251,8 @@ def to_dict(config: Any) -> Any:
     """Inverse of `from_dict`: plain JSON types, with `kind` for tower configs."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         out: dict[str, Any] = {}
-        if hasattr(config, "kind"):
-            out["kind"] = config.kind
+        if _class_kind(type(config)) is not None:
+            out["kind"] = _class_kind(type(config))
         for f in dataclasses.fields(config):
             out[f.name] = to_dict(getattr(config, f.name))
         return out
@@ -271,7 +271,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
-        tower_kinds = {getattr(a, "kind", None): a for a in options}
+        tower_kinds = {_class_kind(a): a for a in options}
         if isinstance(value, Mapping) and None not in tower_kinds:
             if value.get("kind") not in tower_kinds:
                 raise ConfigError(f"{where}: kind must be one of {sorted(str(k) for k in tower_kinds)}, "
@@ -319,6 +319,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported config type {tp!r}")  # a bug in this module
+
+
+def _class_kind(cls: Any) -> str | None:
+    """The `kind: ClassVar[str]` that tags a member of a config union (towers, data
+    sources); None for other classes, including those with an ordinary `kind` field."""
+    if not dataclasses.is_dataclass(cls) or "kind" in {f.name for f in dataclasses.fields(cls)}:
+        return None
+    kind = getattr(cls, "kind", None)
+    return kind if isinstance(kind, str) else None
 
 
 def _check(condition: bool, message: str) -> None:

@@ -95,12 +95,17 @@ class DualEncoder(nn.Module):
     ) -> DualEncoderOutput:
         if images is None and input_ids is None:
             raise ValueError("give images, input_ids, or both")
+        scale, bias = self.logit_params()
         return DualEncoderOutput(
             image_embeds=self.encode_image(images) if images is not None else None,
             text_embeds=self.encode_text(input_ids, attention_mask) if input_ids is not None else None,
-            logit_scale=self.logit_scale.clamp(max=self.config.max_logit_scale).exp(),
-            logit_bias=self.logit_bias,
+            logit_scale=scale,
+            logit_bias=bias,
         )
+
+    def logit_params(self) -> tuple[Tensor, Tensor | None]:
+        """exp(learned log-scale), clamped at CLIP's 100, and the SigLIP bias (or None)."""
+        return self.logit_scale.clamp(max=self.config.max_logit_scale).exp(), self.logit_bias
 
     # ---------------------------------------------------------------- training helpers
 

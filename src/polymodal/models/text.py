@@ -176,7 +176,7 @@ class HFTextTower(Tower):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         if enabled:
             self.backbone.gradient_checkpointing_enable({"use_reentrant": False})
-        else:
+        elif self.backbone.is_gradient_checkpointing:
             self.backbone.gradient_checkpointing_disable()
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> TowerFeatures:

@@ -1,0 +1,238 @@
+"""Image-text sources behind one interface: a config dataclass (with a `kind`, as in
+training TOML files) and a loader returning a `PairSet`.
+
+    captions  a folder of images + a JSONL/CSV/TSV captions file (several captions per image)
+    tar       webdataset-style tar shards: key.jpg + key.txt or key.json
+    classes   class folders, or an image/label table; captions from prompt templates
+    emoji     the built-in emoji dataset (built from system packages on first use)
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from polymodal.data.records import ImageRef, PairRecord, PairSet
+from polymodal.data.tables import column, read_lines, read_table
+from polymodal.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+# CLIP's zero-shot templates include many more; these are the ones useful as captions.
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}")
+
+
+@dataclass(frozen=True)
+class CaptionsSource:
+    """Images listed in a captions table; rows naming the same image are merged."""
+
+    kind: ClassVar[str] = "captions"
+    file: str
+    images: str = ""  # folder the image column is relative to; "" = the table's folder
+    image_column: str = "image"  # dotted for nested JSON, e.g. "files.twitter"
+    caption_columns: tuple[str, ...] = ("caption",)  # each a string or a list of strings
+    split: str = ""  # a file of image names (one per line) to keep
+    where: dict[str, Any] = field(default_factory=dict)  # keep rows whose column equals value
+    where_empty: tuple[str, ...] = ()  # keep rows where these columns are null, "" or absent
+
+
+@dataclass(frozen=True)
+class TarSource:
+    """Uncompressed tar shards of key.<image> + key.txt (or key.json with a caption field)."""
+
+    kind: ClassVar[str] = "tar"
+    shards: tuple[str, ...]  # paths or glob patterns
+    caption_keys: tuple[str, ...] = ("caption", "captions", "text")  # fields of key.json
+
+
+@dataclass(frozen=True)
+class ClassSource:
+    """Labelled images: class folders under `root`, or a `labels` table; captions come
+    from `templates` filled with the class name; images of a class are positives."""
+
+    kind: ClassVar[str] = "classes"
+    root: str = ""  # a folder of class folders
+    labels: str = ""  # or a table with image and label columns
+    images: str = ""  # folder the labels table's paths are relative to; "" = its folder
+    image_column: str = "file"
+    label_column: str = "label"
+    class_names: str = ""  # optional table mapping labels to readable names
+    class_key_column: str = "label"
+    class_name_column: str = "name"
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+
+
+@dataclass(frozen=True)
+class EmojiSource:
+    """The built-in emoji dataset (see data/builtin/emoji.py)."""
+
+    kind: ClassVar[str] = "emoji"
+    root: str = ""  # where it is built; "" = <cache>/datasets/emoji
+    split: Literal["train", "val", "test", "all"] = "train"
+
+
+SourceConfig = CaptionsSource | TarSource | ClassSource | EmojiSource
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def load_captions(cfg: CaptionsSource) -> PairSet:
+    table = Path(cfg.file)
+    rows = read_table(table)
+    root = Path(cfg.images) if cfg.images else table.parent
+    keep = set(read_lines(cfg.split)) if cfg.split else None
+    captions: dict[str, list[str]] = {}  # image -> captions, in first-seen order
+    for number, row in enumerate(rows, 1):
+        if any(column(row, k, table, number) != v for k, v in cfg.where.items()):
+            continue
+        if any(row.get(k) not in (None, "") for k in cfg.where_empty):
+            continue
+        image = str(column(row, cfg.image_column, table, number))
+        if keep is not None and image not in keep and Path(image).name not in keep:
+            continue
+        texts = captions.setdefault(image, [])
+        for name in cfg.caption_columns:
+            value = column(row, name, table, number)
+            texts.extend(v.strip() for v in (value if isinstance(value, list) else [value])
+                         if isinstance(v, str) and v.strip())
+    records: list[PairRecord] = []
+    dropped: dict[str, str] = {}
+    for image, texts in captions.items():
+        path = root / image
+        if not texts:
+            dropped[image] = "no caption"
+        elif not path.is_file():
+            dropped[image] = "file not found"
+        else:
+            unique = tuple(dict.fromkeys(texts))  # keep order, drop repeats
+            records.append(PairRecord(ImageRef(str(path)), unique, group=len(records), key=image))
+    return PairSet(records, name=str(table), dropped=dropped)
+
+
+def load_tar(cfg: TarSource) -> PairSet:
+    shards = sorted({p for pattern in cfg.shards for p in (glob.glob(pattern) or [pattern])})
+    records: list[PairRecord] = []
+    dropped: dict[str, str] = {}
+    for shard in shards:
+        if not Path(shard).is_file():
+            raise DataError(f"{shard}: no such tar shard")
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                _index_shard(tar, shard, cfg, records, dropped)
+        except tarfile.ReadError as err:
+            raise DataError(f"{shard}: not an uncompressed tar file ({err}); webdataset shards "
+                            "must be plain .tar for random access") from None
+    return PairSet(records, name=",".join(cfg.shards), dropped=dropped)
+
+
+def _index_shard(tar: tarfile.TarFile, shard: str, cfg: TarSource, records: list[PairRecord],
+                 dropped: dict[str, str]) -> None:
+    images: dict[str, tarfile.TarInfo] = {}
+    texts: dict[str, list[str]] = {}
+    for member in tar.getmembers():
+        if not member.isfile():
+            continue
+        key, _, ext = member.name.rpartition(".")
+        ext = "." + ext.lower()
+        if ext in IMAGE_EXTENSIONS:
+            images[key] = member
+        elif ext in (".txt", ".json"):
+            raw = tar.extractfile(member)
+            data = raw.read().decode("utf-8", errors="replace") if raw else ""
+            texts[key] = _tar_captions(data, ext, cfg.caption_keys)
+    for key, member in images.items():
+        if not texts.get(key):
+            dropped[f"{shard}:{member.name}"] = "no caption"
+            continue
+        ref = ImageRef(shard, member.name, member.offset_data, member.size)
+        records.append(PairRecord(ref, tuple(texts[key]), group=len(records), key=key))
+
+
+def _tar_captions(data: str, ext: str, keys: tuple[str, ...]) -> list[str]:
+    if ext == ".txt":
+        return [line.strip() for line in data.splitlines() if line.strip()]
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError:
+        return []
+    for key in keys:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, str) and value.strip():
+            return [value.strip()]
+        if isinstance(value, list):
+            return [v.strip() for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
+def load_classes(cfg: ClassSource) -> PairSet:
+    if bool(cfg.root) == bool(cfg.labels):
+        raise DataError("a classes source needs exactly one of root (class folders) or labels (a table)")
+    items: list[tuple[Path, str]] = []  # (image path, label)
+    if cfg.root:
+        root = Path(cfg.root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such folder")
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            items += [(f, folder.name) for f in sorted(folder.rglob("*"))
+                      if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+    else:
+        table = Path(cfg.labels)
+        base = Path(cfg.images) if cfg.images else table.parent
+        for number, row in enumerate(read_table(table), 1):
+            image = column(row, cfg.image_column, table, number)
+            items.append((base / str(image), str(column(row, cfg.label_column, table, number))))
+    names = _class_names(cfg)
+    labels = sorted({label for _, label in items})
+    index = {label: i for i, label in enumerate(labels)}
+    records, dropped = [], {}
+    for path, label in items:
+        if not path.is_file():
+            dropped[str(path)] = "file not found"
+            continue
+        name = names.get(label, label.replace("_", " ").replace("-", " "))
+        captions = tuple(t.format(name) for t in cfg.templates)
+        records.append(PairRecord(ImageRef(str(path)), captions, group=index[label],
+                                  key=f"{name}/{path.name}"))
+    return PairSet(records, name=cfg.root or cfg.labels, dropped=dropped)
+
+
+def _class_names(cfg: ClassSource) -> dict[str, str]:
+    if not cfg.class_names:
+        return {}
+    table = Path(cfg.class_names)
+    names = {}
+    for n, row in enumerate(read_table(table), 1):
+        key = str(column(row, cfg.class_key_column, table, n))
+        names[key] = str(column(row, cfg.class_name_column, table, n))
+    return names
+
+
+def load_emoji(cfg: EmojiSource) -> PairSet:
+    from polymodal.data.builtin.emoji import ensure_emoji_dataset
+
+    root = ensure_emoji_dataset(Path(cfg.root) if cfg.root else None)
+    where = {} if cfg.split == "all" else {"split": cfg.split}
+    pairs = load_captions(CaptionsSource(file=str(root / "captions.jsonl"), caption_columns=("captions",),
+                                         where=where))
+    pairs.name = f"emoji ({cfg.split})"
+    return pairs
+
+
+LOADERS: dict[type, Callable[[Any], PairSet]] = {
+    CaptionsSource: load_captions, TarSource: load_tar, ClassSource: load_classes, EmojiSource: load_emoji,
+}
+
+
+def load_source(cfg: SourceConfig) -> PairSet:
+    """The records of any source; an empty result is an error naming the source."""
+    pairs = LOADERS[type(cfg)](cfg)
+    if not pairs.records:
+        reasons = f" ({len(pairs.dropped)} dropped, e.g. {next(iter(pairs.dropped.items()))})" \
+            if pairs.dropped else ""
+        raise DataError(f"no image-caption pairs in {pairs.name}{reasons}")
+    return pairs

@@ -1,0 +1,31 @@
+"""Image-text retrieval in both directions, with several captions per image.
+
+text->image: each caption is a query, the images of its group are correct.
+image->text: each image is a query, any caption of its group is correct.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polymodal.eval.metrics import first_positive_rank, recall_at_k
+
+KS = (1, 5, 10)
+PRIMARY_METRIC = "mean_recall"  # mean of R@1/5/10 in both directions (higher is better)
+METRIC_NAMES = tuple([f"{d}_r{k}" for d in ("t2i", "i2t") for k in KS]
+                     + ["t2i_median_rank", "i2t_median_rank", PRIMARY_METRIC])
+
+
+def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray, image_groups: np.ndarray,
+                      text_groups: np.ndarray) -> dict[str, float]:
+    """image_embeds (N, E) and text_embeds (M, E), L2-normalised; groups say which
+    captions belong to which images. Recalls are percentages."""
+    scores = text_embeds @ image_embeds.T  # (M, N)
+    positives = text_groups[:, None] == image_groups[None, :]
+    results: dict[str, float] = {}
+    for direction, s, p in (("t2i", scores, positives), ("i2t", scores.T, positives.T)):
+        for k in KS:
+            results[f"{direction}_r{k}"] = 100.0 * recall_at_k(s, p, k)
+        results[f"{direction}_median_rank"] = float(np.median(first_positive_rank(s, p)))
+    results[PRIMARY_METRIC] = float(np.mean([results[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in KS]))
+    return results

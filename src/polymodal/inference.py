@@ -1,0 +1,117 @@
+"""Embedding many texts and images with a model: batching, devices, mixed precision, and
+the cache of a frozen text backbone's features.
+
+    texts = embed_texts(model, tokenizer, ["a dog", "a cat"])          # (2, E) float32
+    cache = TextFeatureCache(model.text, tokenizer, captions)          # frozen text tower
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from polymodal.models.dual_encoder import DualEncoder
+from polymodal.models.tower import Tower
+from polymodal.tokenizer import Tokenizer
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for "auto", "bf16" or "fp32" (None = full precision).
+
+    auto picks bf16 on GPUs that support it. On CPUs it stays fp32: measured on the
+    2-core AVX-512-BF16 reference machine, bf16 autocast made the small presets slower
+    (attention, norms and casts dominate there; see BENCHMARKS.md), so it is opt-in.
+    """
+    if setting == "fp32":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+@torch.no_grad()
+def text_features(tower: Tower, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 128,
+                  dtype: torch.dtype | None = None) -> Tensor:
+    """Pooled (pre-projection) features (N, W) float32 of a text tower. Texts are
+    batched by length, so that little compute goes to padding."""
+    device = model_device(tower)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(0)
+    for rows in _batches(len(texts), batch_size):
+        chosen = order[rows]
+        tokens = tokenizer([texts[i] for i in chosen]).to(device)
+        with autocast(device, dtype):
+            pooled = tower.forward_features(tokens.input_ids, tokens.attention_mask).pooled.float()
+        if out.numel() == 0:
+            out = torch.empty(len(texts), pooled.shape[1], device=device)
+        out[torch.tensor(chosen, device=device)] = pooled
+    return out
+
+
+@torch.no_grad()
+def embed_texts(model: DualEncoder, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256,
+                dtype: torch.dtype | None = None, cache: TextFeatureCache | None = None) -> Tensor:
+    """L2-normalised text embeddings (N, E) float32; with a cache of the frozen text
+    backbone only the projection runs."""
+    if cache is not None:
+        return F.normalize(model.text.forward_head(cache.lookup_texts(texts)).float(), dim=-1)
+    device = model_device(model)
+    out = []
+    for rows in _batches(len(texts), batch_size):
+        tokens = tokenizer(list(texts[rows])).to(device)
+        with autocast(device, dtype):
+            out.append(model.encode_text(tokens.input_ids, tokens.attention_mask).float())
+    return torch.cat(out)
+
+
+class TextFeatureCache:
+    """Pooled features of a frozen text backbone, computed once per distinct caption.
+
+    A locked pretrained tower (LiT) gives the same features every epoch, so training
+    runs only its projection head on cached features: for MiniLM on 2 CPU cores that
+    removes most of the text cost of a step.
+    """
+
+    def __init__(self, tower: Tower, tokenizer: Tokenizer, captions: Sequence[str], batch_size: int = 128,
+                 dtype: torch.dtype | None = None) -> None:
+        unique = list(dict.fromkeys(captions))
+        self.index = {text: i for i, text in enumerate(unique)}
+        # caption id (position in `captions`) -> row of `features`
+        self.rows = torch.tensor([self.index[c] for c in captions], dtype=torch.long)
+        self.features = text_features(tower, tokenizer, unique, batch_size, dtype)  # (U, W)
+        self.rows = self.rows.to(self.features.device)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lookup(self, caption_ids: Tensor) -> Tensor:
+        """(B,) caption ids -> (B, W) features."""
+        return self.features[self.rows[caption_ids.to(self.rows.device)]]
+
+    def lookup_texts(self, texts: Sequence[str]) -> Tensor:
+        missing = [t for t in texts if t not in self.index]
+        if missing:
+            raise KeyError(f"{len(missing)} texts are not cached, e.g. {missing[0]!r}")
+        return self.features[torch.tensor([self.index[t] for t in texts], device=self.features.device)]
+

@@ -1,0 +1,380 @@
+"""The training loop: `Trainer(config).run()`.
+
+The run folder holds everything a run needs to resume and everything it produced:
+
+    RUN/train_config.json   the resolved configuration (a resumed run must match it)
+    RUN/tokenizer.json      the tokenizer trained on the captions (from-scratch text towers)
+    RUN/checkpoint.pt       model, optimiser, schedule, RNG, step, best metric
+    RUN/metrics.jsonl       one line per logged step and per evaluation
+    RUN/model/              the model directory: the best on validation, else the last
+    RUN/summary.json        final numbers, wall time, unreadable images
+
+Running the same command again resumes from checkpoint.pt and ends with exactly the
+weights an uninterrupted run would have (tests/integration/test_train_resume.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from polymodal.config import HFTextConfig, to_dict
+from polymodal.data.loader import Batch, PairDataset, ResumableBatchSampler, collate
+from polymodal.data.records import PairSet
+from polymodal.data.sources import load_source
+from polymodal.errors import ConfigError
+from polymodal.eval.embed import embed_pair_set
+from polymodal.eval.retrieval import METRIC_NAMES, retrieval_metrics
+from polymodal.factory import create_model, get_tokenizer, get_transforms, load_model, save_model
+from polymodal.inference import TextFeatureCache, resolve_precision
+from polymodal.losses import ImageTextLoss
+from polymodal.models.dual_encoder import DualEncoder
+from polymodal.registry import get_preset
+from polymodal.tokenizer import Tokenizer, pretrained_tokenizer, train_bpe
+from polymodal.train import distributed as dist_utils
+from polymodal.train.config import RESUMABLE_CHANGES, TrainConfig
+from polymodal.train.optim import build_optimizer, build_scheduler
+from polymodal.train.state import load_state, rng_state, save_state, set_rng_state
+from polymodal.train.step import backward_step
+from polymodal.train.task import ContrastiveTask, build_loss
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    model_id: str
+    steps: int
+    total_steps: int
+    seconds: float
+    metrics: dict[str, float]  # validation metrics of the saved model (empty without val)
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable image -> reason
+    stopped_early: bool = False
+    resumed_from: int = 0
+
+
+@dataclass
+class _Progress:
+    """Counters that a checkpoint carries across a kill."""
+
+    step: int = 0
+    best: float = -math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    seconds: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """Everything built for one run (or resumption)."""
+
+    info: dist_utils.DistInfo
+    model: DualEncoder
+    tokenizer: Tokenizer
+    train_pairs: PairSet
+    val_pairs: PairSet | None
+    val_cache: TextFeatureCache | None
+    dtype: torch.dtype | None
+    task: ContrastiveTask
+    loss_fn: ImageTextLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total: int
+    steps_per_epoch: int
+    progress: _Progress
+    resumed_from: int
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, console: Console | None = None, show_progress: bool = True) -> None:
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+        self.run_dir = Path(config.output)
+        self.state_file = self.run_dir / "checkpoint.pt"
+
+    def run(self) -> TrainResult:
+        info = dist_utils.setup(self.config.train.device)
+        try:
+            run = self._prepare(info)
+            stopped_early = self._loop(run) if run.progress.step < run.total else False
+            return self._finish(run, stopped_early)
+        finally:
+            dist_utils.teardown()
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare(self, info: dist_utils.DistInfo) -> _Run:
+        cfg = self.config
+        state = load_state(self.state_file) if self.state_file.is_file() else None
+        if state is not None:
+            self._check_same_config(state.get("config", {}))
+        if cfg.val is not None and cfg.train.early_stopping_metric not in METRIC_NAMES:
+            raise ConfigError(f"train.early_stopping_metric {cfg.train.early_stopping_metric!r} is not one of "
+                              f"{', '.join(METRIC_NAMES)}")
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        torch.manual_seed(cfg.seed)
+        train_pairs = load_source(cfg.data)
+        val_pairs = load_source(cfg.val) if cfg.val is not None else None
+        model, tokenizer = self._build_model(train_pairs, info)
+        dtype = resolve_precision(cfg.train.precision, info.device)
+        text_cache = val_cache = None
+        if cfg.model.lock_text and cfg.model.text_unlocked_groups == 0:
+            with self._status(info, "caching the frozen text tower's features"):
+                text_cache = TextFeatureCache(model.text, tokenizer, train_pairs.captions(), dtype=dtype)
+                if val_pairs is not None:
+                    val_cache = TextFeatureCache(model.text, tokenizer, val_pairs.captions(), dtype=dtype)
+        loss_fn = build_loss(cfg.loss)
+        if loss_fn.needs_bias and model.logit_bias is None:
+            raise ConfigError(f"loss {cfg.loss.kind!r} needs a model with a logit bias: set "
+                              "init_logit_bias (e.g. -10) in the model config")
+        optimizer = build_optimizer(model, cfg.optim)
+        steps_per_epoch = len(train_pairs) // cfg.train.batch_size
+        total = cfg.train.steps or math.ceil(cfg.train.epochs * max(1, steps_per_epoch))
+        scheduler = build_scheduler(optimizer, cfg.optim, total)
+        progress = _Progress()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            progress = _Progress(**state["progress"])
+            if info.is_main:
+                self._truncate_metrics(progress.step)
+        dist_utils.broadcast_parameters(model, info)
+        task = ContrastiveTask(model, tokenizer, train_pairs.captions(), text_cache)
+        return _Run(info, model, tokenizer, train_pairs, val_pairs, val_cache, dtype, task, loss_fn, optimizer,
+                    scheduler, total, steps_per_epoch, progress, progress.step)
+
+    def _build_model(self, train_pairs: PairSet, info: dist_utils.DistInfo) -> tuple[DualEncoder, Tokenizer]:
+        cfg = self.config.model
+        if cfg.init:
+            model, tokenizer = load_model(cfg.init, device=info.device), get_tokenizer(cfg.init)
+        else:
+            model = create_model(get_preset(cfg.preset), device=info.device)
+            tokenizer = self._tokenizer(model, train_pairs, info)
+        if cfg.lock_text:
+            model.lock_text_tower(cfg.text_unlocked_groups)
+        if cfg.lock_image:
+            model.lock_image_tower(cfg.image_unlocked_groups)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        return model, tokenizer
+
+    def _tokenizer(self, model: DualEncoder, train_pairs: PairSet, info: dist_utils.DistInfo) -> Tokenizer:
+        config = model.config
+        if isinstance(config.text, HFTextConfig):
+            return pretrained_tokenizer(config)
+        saved = self.run_dir / "tokenizer.json"
+        if saved.is_file():  # resuming: the very tokenizer the run started with
+            return Tokenizer.from_file(saved, config.text.context_length, config.tokenizer)
+        backend = train_bpe(train_pairs.captions(), config.text.vocab_size,
+                            self.config.model.tokenizer_min_frequency)
+        tokenizer = Tokenizer(backend, config.text.context_length, config.tokenizer)
+        if info.is_main:
+            tokenizer.save(saved)
+        return tokenizer
+
+    def _check_same_config(self, saved: dict[str, Any]) -> None:
+        changed = [k for k in _diff(saved, to_dict(self.config)) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ConfigError(f"{self.run_dir} holds a run with a different configuration "
+                              f"({', '.join(changed)}); use another output folder, or delete its "
+                              "checkpoint.pt to start over")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self, run: _Run) -> bool:
+        """Train from run.progress.step to run.total; returns whether it stopped early."""
+        cfg, info, progress, model = self.config, run.info, run.progress, run.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        sampler = ResumableBatchSampler(len(run.train_pairs), cfg.train.batch_size, run.total, cfg.seed,
+                                        progress.step, info.rank, info.world_size)
+        workers = cfg.train.num_workers
+        loader = DataLoader(PairDataset(run.train_pairs.records, get_transforms(model.config, cfg.augment),
+                                        cfg.seed),
+                            batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                            persistent_workers=workers > 0, worker_init_fn=_worker_init,
+                            prefetch_factor=4 if workers > 0 else None)
+        eval_every = cfg.train.eval_every or max(1, run.steps_per_epoch)
+        stop = False
+        step = progress.step
+        window_start, window_samples, last_tick = time.perf_counter(), 0, time.perf_counter()
+        bar, bar_task = self._progress_bar(info, run.total, step)
+        try:
+            with bar:
+                for batch in loader:
+                    model.train()
+                    run.optimizer.zero_grad(set_to_none=True)
+                    loss = backward_step(run.task, run.loss_fn, batch, cfg.train.accum_steps, run.dtype)
+                    dist_utils.average_gradients(params, info)
+                    grad_norm = _clip(params, cfg.optim.grad_clip)
+                    run.optimizer.step()
+                    run.scheduler.step()
+                    with torch.no_grad():  # CLIP clamps the learned temperature at 100
+                        model.logit_scale.clamp_(0, model.config.max_logit_scale)
+                    step += 1
+                    now = time.perf_counter()
+                    progress.seconds += now - last_tick
+                    last_tick = now
+                    self._note_skipped(batch, progress, info)
+                    window_samples += len(batch) * info.world_size
+                    rate = window_samples / max(1e-9, now - window_start)
+                    bar.update(bar_task, advance=1, loss=f"{loss:.3f}", rate=f"{rate:.0f}")
+                    if step % cfg.train.log_every == 0 or step == run.total:
+                        self._log(info, {"step": step, "epoch": round(step / max(1, run.steps_per_epoch), 3),
+                                         "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                                         "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": grad_norm,
+                                         "samples_per_s": rate, "seconds": progress.seconds})
+                        window_start, window_samples = now, 0
+                    if run.val_pairs is not None and (step % eval_every == 0 or step == run.total):
+                        stop = dist_utils.broadcast_flag(self._evaluate(run, step), info)
+                        last_tick = time.perf_counter()  # evaluation time is not training time
+                    budget = cfg.train.max_minutes
+                    out_of_time = dist_utils.broadcast_flag(budget > 0 and progress.seconds > 60 * budget, info)
+                    if step % cfg.train.checkpoint_every == 0 or step == run.total or stop or out_of_time:
+                        self._save_state(run, step)
+                    if out_of_time and info.is_main:
+                        self.console.print(f"time budget of {budget} min reached at step {step}/{run.total}")
+                    if stop or out_of_time:
+                        break
+        except KeyboardInterrupt:
+            self._save_state(run, step)
+            raise
+        return stop
+
+    def _save_state(self, run: _Run, step: int) -> None:
+        run.progress.step = step
+        if run.info.is_main:
+            save_state(self.state_file, {
+                "step": step, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(), "rng": rng_state(),
+                "progress": dataclasses.asdict(run.progress), "config": to_dict(self.config)})
+        dist_utils.barrier(run.info)
+
+    # ------------------------------------------------------------------ evaluation and output
+
+    def _evaluate(self, run: _Run, step: int) -> bool:
+        """Validate on rank 0, keep the best model, and say whether to stop early."""
+        if not run.info.is_main:
+            return False
+        cfg, progress = self.config.train, run.progress
+        metrics = self._validation_metrics(run)
+        self._log(run.info, {"step": step, "eval": metrics})
+        if metrics[cfg.early_stopping_metric] > progress.best:
+            progress.best, progress.best_step, progress.bad_evals = metrics[cfg.early_stopping_metric], step, 0
+            progress.best_metrics = metrics
+            self._save_model(run, step, metrics)
+        else:
+            progress.bad_evals += 1
+        return cfg.early_stopping_patience > 0 and progress.bad_evals >= cfg.early_stopping_patience
+
+    def _validation_metrics(self, run: _Run) -> dict[str, float]:
+        assert run.val_pairs is not None
+        embedded = embed_pair_set(run.model, run.tokenizer, run.val_pairs, get_transforms(run.model.config),
+                                  dtype=run.dtype, text_cache=run.val_cache)
+        return retrieval_metrics(embedded.image_embeds, embedded.text_embeds, embedded.image_groups,
+                                 embedded.text_groups)
+
+    def _save_model(self, run: _Run, step: int, metrics: dict[str, float]) -> str:
+        cfg = self.config
+        training = {"data": run.train_pairs.name, "pairs": len(run.train_pairs), "steps": step,
+                    "samples_seen": step * cfg.train.batch_size, "loss": cfg.loss.kind, "config": to_dict(cfg)}
+        return save_model(run.model, run.tokenizer, self.run_dir / "model", training=training, metrics=metrics,
+                          source=f"polymodal train ({cfg.output})", overwrite=True)
+
+    def _finish(self, run: _Run, stopped_early: bool) -> TrainResult:
+        model_dir, progress = self.run_dir / "model", run.progress
+        metrics = progress.best_metrics
+        if run.info.is_main:
+            if run.val_pairs is None:
+                self._save_model(run, progress.step, {})
+            elif not (model_dir / "config.json").is_file():  # e.g. a budget cut before any evaluation
+                metrics = self._validation_metrics(run)
+                self._save_model(run, progress.step, metrics)
+            summary = {"steps": progress.step, "total_steps": run.total, "seconds": round(progress.seconds, 1),
+                       "metrics": metrics, "best_step": progress.best_step, "stopped_early": stopped_early,
+                       "skipped_images": progress.skipped}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        dist_utils.barrier(run.info)
+        card = json.loads((model_dir / "config.json").read_text())
+        return TrainResult(self.run_dir, model_dir, card["model_id"], progress.step, run.total, progress.seconds,
+                           metrics, progress.skipped, stopped_early, run.resumed_from)
+
+    def _note_skipped(self, batch: Batch, progress: _Progress, info: dist_utils.DistInfo) -> None:
+        for name, reason in batch.skipped:
+            if name not in progress.skipped and self.show_progress and info.is_main:
+                self.console.print(f"[yellow]skipped unreadable image[/yellow] {reason}")
+            progress.skipped[name] = reason
+
+    def _log(self, info: dist_utils.DistInfo, record: dict[str, Any]) -> None:
+        if info.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines a killed run wrote after its last checkpoint: they are redone."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def _progress_bar(self, info: dist_utils.DistInfo, total: int, done: int) -> tuple[Progress, TaskID]:
+        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]} samples/s  loss {task.fields[loss]}"),
+                       TimeRemainingColumn(), console=self.console,
+                       disable=not (self.show_progress and info.is_main))
+        return bar, bar.add_task("train", total=total, completed=done, loss="-", rate="-")
+
+    def _status(self, info: dist_utils.DistInfo, message: str) -> Any:
+        if self.show_progress and info.is_main:
+            return self.console.status(message)
+        return _Null()
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad.norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not compete with the model's threads
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two nested dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in _diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def train(config: TrainConfig, console: Console | None = None, show_progress: bool = True) -> TrainResult:
+    """Run (or resume) training as `config` describes."""
+    return Trainer(config, console, show_progress).run()
+

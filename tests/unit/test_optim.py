@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from polymodal.models import DualEncoder
+from polymodal.train.config import OptimSection
+from polymodal.train.optim import build_optimizer, build_scheduler, parameter_groups, warmup_cosine
+from tests.helpers import tiny_config
+
+
+def test_no_weight_decay_on_norms_biases_embeddings_and_temperature() -> None:
+    model = DualEncoder(tiny_config())
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {"logit_scale", "visual.cls_token", "visual.pos_embed.weight", "text.token_embed.weight",
+            "text.pos_embed.weight", "visual.norm.weight", "visual.norm.bias"} <= kept
+    assert "visual.transformer.blocks.0.attn.in_proj.bias" in kept
+    assert {"visual.transformer.blocks.0.attn.in_proj.weight", "visual.patch_embed.weight",
+            "text.head.weight"} <= decayed
+    assert decayed.isdisjoint(kept) and len(decayed | kept) == len(list(model.parameters()))
+
+
+def test_frozen_parameters_are_left_out() -> None:
+    model = DualEncoder(tiny_config())
+    model.lock_text_tower()
+    groups = parameter_groups(model, 0.1)
+    in_groups = {id(p) for g in groups for p in g["params"]}
+    assert id(model.text.token_embed.weight) not in in_groups and id(model.text.head.weight) in in_groups
+
+
+def test_warmup_then_cosine() -> None:
+    f = warmup_cosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_scheduler_drives_the_optimiser() -> None:
+    model = DualEncoder(tiny_config())
+    cfg = OptimSection(lr=1e-3, warmup_steps=4)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(2.5e-4) and lrs[3] == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 15 / 16)))
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.98)
