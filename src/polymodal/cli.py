@@ -79,14 +79,15 @@ def models_convert(
 def data_build_emoji(
     out: Annotated[Path, typer.Argument(help="Folder to write (images/, captions.jsonl, dataset.json).")],
     size: Annotated[int, typer.Option(min=16, max=512, help="Image side in pixels.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild OUT if it already holds an emoji dataset.")] = False,
 ) -> None:
     """Render every fully-qualified emoji with the system's Noto Color Emoji font."""
     from rich.progress import track
 
     from polymodal.data.builtin.emoji import build_emoji_dataset
 
-    info = build_emoji_dataset(out, size=size, progress=lambda it, n: track(it, total=n, description="rendering",
-                                                                            console=console))
+    info = build_emoji_dataset(out, size=size, overwrite=overwrite,
+                               progress=lambda it, n: track(it, total=n, description="rendering", console=console))
     splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     console.print(f"wrote {info['emoji']} emoji to {out} ({splits}); {len(info['skipped'])} not in the font")
 

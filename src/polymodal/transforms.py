@@ -38,14 +38,16 @@ _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+               background: tuple[int, int, int] = (255, 255, 255), name: str | None = None) -> Image.Image:
     """Decode an image fully and return it as 8-bit RGB, EXIF orientation applied.
 
     Accepts a path, encoded bytes or a Pillow image (opened lazily or not). Raises
     ImageDecodeError naming the source for empty, truncated, corrupt, non-image or
-    over-large (`max_pixels`, and Pillow's own decompression-bomb limit) inputs.
+    over-large (`max_pixels`, and Pillow's own decompression-bomb limit) inputs;
+    `name` overrides how the source is named in those errors.
     """
-    name = "<bytes>" if isinstance(source, bytes) else str(getattr(source, "filename", "") or source)
+    if name is None:
+        name = "<bytes>" if isinstance(source, bytes) else str(getattr(source, "filename", "") or source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check sizes ourselves
         if isinstance(source, Image.Image):

@@ -34,7 +34,7 @@ def test_the_recipe_is_cached_under_a_hash_of_its_settings(tmp_path: Path, monke
     a, b = quickstart_config(), quickstart_config(overrides=["train.steps=5"])
     assert a.output.startswith(str(tmp_path / "runs" / "quickstart-")) and a.output != b.output
     assert a.output == quickstart_config().output
-    assert a.model.preset == "vit-tiny-64-minilm" and a.model.lock_text and a.val is not None
+    assert a.model.preset == "vit-tiny-p16-64-minilm" and a.model.lock_text and a.val is not None
 
 
 @needs_emoji
@@ -51,9 +51,24 @@ def test_quickstart_trains_then_reuses_its_model(small_emoji: Path, tmp_path: Pa
     second = run_quickstart(queries=queries, top_k=3, emoji_root=small_emoji, overrides=TINY, show_progress=False)
     assert second.cached and second.model_id == first.model_id and second.metrics == first.metrics
 
+    retrained = run_quickstart(queries=[], retrain=True, emoji_root=small_emoji, overrides=TINY, show_progress=False)
+    assert not retrained.cached and retrained.examples == {}
+    assert retrained.model_id == first.model_id  # the same seed and data train the same weights
+
     overrides = [arg for s in TINY for arg in ("--set", s)]
     result = CliRunner().invoke(app, ["quickstart", "--data", str(small_emoji), "--query", "a smiling face",
                                       *overrides], env={"POLYMODAL_HOME": str(tmp_path), "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"model {first.model_id} (cached model" in result.output
     assert "text -> image" in result.output and "'a smiling face' ->" in result.output
+
+
+def test_quickstart_refuses_a_data_folder_that_is_not_an_emoji_set(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLYMODAL_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"...")
+    result = CliRunner().invoke(app, ["quickstart", "--data", str(folder)])
+    assert result.exit_code != 0 and (folder / "holiday.jpg").exists()
+    assert "not empty and holds no emoji dataset" in str(result.exception)

@@ -78,7 +78,7 @@ def test_validation_keeps_the_best_model_and_summary(tmp_path: Path, shapes: Pat
     assert card["metrics"] == best["eval"] == result.metrics
     assert card["training"]["steps"] == best["step"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["best_step"] == best["step"] and summary["steps"] == 6
+    assert summary["model_step"] == best["step"] and summary["steps"] == 6
 
 
 def test_unreadable_images_are_skipped_and_named(tmp_path: Path, shapes: Path) -> None:
@@ -156,3 +156,46 @@ def test_a_locked_pretrained_text_tower_stays_frozen(tmp_path: Path, shapes: Pat
     backbone = [k for k in trained if k.startswith("text.backbone.")]
     assert backbone and all(torch.equal(trained[k], pretrained[k]) for k in backbone)
     assert not torch.equal(trained["text.head.weight"], pretrained["text.head.weight"])
+
+
+def test_a_fresh_start_clears_what_an_unfinished_attempt_left(tmp_path: Path, shapes: Path) -> None:
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 7, "loss": 9.9}\n')
+    (out / "tokenizer.json").write_text("stale")
+    result = train(load_train_config(_config(tmp_path, shapes, train={"steps": 3, "log_every": 1})),
+                   show_progress=False)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3] and json.loads((result.model_dir / "config.json").read_text())["model_id"]
+    assert (out / "tokenizer.json").read_text() != "stale"
+
+
+def test_an_early_stopped_run_is_not_continued_by_a_rerun(tmp_path: Path, shapes: Path) -> None:
+    val = {"kind": "captions", "file": str(shapes / "val" / "captions.jsonl"), "caption_columns": ["captions"]}
+    path = _config(tmp_path, shapes, "stuck", val=val, optim={"lr": 1e-12},
+                   train={"steps": 10, "eval_every": 1, "early_stopping_patience": 1,
+                          "early_stopping_metric": "t2i_median_rank"})
+    first = train(load_train_config(path), show_progress=False)
+    again = train(load_train_config(path), show_progress=False)
+    assert first.stopped_early and again.stopped_early and again.steps == first.steps == 2
+    assert again.model_id == first.model_id
+
+
+def test_errors_in_decoding_workers_come_back_as_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_shapes_dataset(data, per_class=2, seed=3)
+    for image in (data / "images").iterdir():
+        image.write_bytes(b"broken")
+    config = write_train_config(tmp_path / "c.toml", data, tmp_path / "out", train={"num_workers": 1, "batch_size": 4})
+    with pytest.raises(DataError) as info:
+        train(load_train_config(config), show_progress=False)
+    assert str(info.value).startswith("16 images in a row could not be read") and "Traceback" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path, shapes: Path) -> None:
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        train(load_train_config(_config(tmp_path, shapes, train={"device": "cuda"})), show_progress=False)
+    with pytest.raises(ConfigError, match="is not one of"):
+        load_train_config(_config(tmp_path, shapes, train={"device": "gpu"}))

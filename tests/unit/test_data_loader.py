@@ -85,3 +85,15 @@ def test_caption_ids_index_the_caption_table(tmp_path: Path) -> None:
         sample = dataset[(i, 0)]
         assert table[sample.caption_id] in records[i].captions
     assert np.array_equal(dataset.caption_start, [0, 2, 4])
+
+
+def test_replacements_reach_the_trainer_through_worker_processes(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    dataset = PairDataset(_records(tmp_path, 6, corrupt=(2,)), ImageTransform(PreprocessConfig(image_size=16)))
+    sampler = ResumableBatchSampler(6, 3, total_steps=2, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=1)
+    batches = list(loader)
+    skipped = [name for b in batches for name, _ in b.skipped]
+    assert skipped == [str(tmp_path / "2.png")]  # both batches cover the 6 records once
+    assert sorted(i for b in batches for i in b.indices.tolist()).count(3) == 2  # record 3 stood in for 2

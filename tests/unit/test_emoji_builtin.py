@@ -75,3 +75,26 @@ def test_build_renders_every_emoji_and_writes_captions(sample_file: Path, tmp_pa
     assert not list(tmp_path.glob(".emoji.tmp-*"))
     everything = load_source(EmojiSource(root=str(out), split="all"))
     assert len(everything) == 7 and everything.records[0].captions[0] == "grinning face"
+
+
+@pytest.mark.skipif(not EMOJI_FONT.is_file(), reason="fonts-noto-color-emoji is not installed")
+def test_a_folder_holding_other_files_is_never_replaced(sample_file: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from polymodal.data.builtin.emoji import ensure_emoji_dataset
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    with pytest.raises(DataError, match="not empty and holds no emoji dataset"):
+        build_emoji_dataset(victim, size=16, emoji_test=sample_file)
+    with pytest.raises(DataError, match="not empty and holds no emoji dataset"):
+        ensure_emoji_dataset(victim)
+    monkeypatch.chdir(victim)
+    with pytest.raises(DataError, match="not empty"):
+        build_emoji_dataset(Path("."), size=16, emoji_test=sample_file)
+    assert (victim / "notes.txt").read_text() == "precious"
+    out = tmp_path / "emoji"
+    build_emoji_dataset(out, size=16, emoji_test=sample_file)
+    with pytest.raises(DataError, match="already holds an emoji dataset"):
+        build_emoji_dataset(out, size=16, emoji_test=sample_file)
+    assert build_emoji_dataset(out, size=16, emoji_test=sample_file, overwrite=True)["emoji"] == 7

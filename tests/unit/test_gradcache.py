@@ -6,7 +6,7 @@ import torch
 from polymodal.config import TokenizerConfig
 from polymodal.data.loader import Batch
 from polymodal.inference import TextFeatureCache
-from polymodal.losses import ClipLoss, SigLipLoss, TripletLoss
+from polymodal.losses import ClipLoss, SigLipLoss, TripletLoss, VSEppLoss
 from polymodal.losses.base import ImageTextLoss
 from polymodal.models import DualEncoder
 from polymodal.tokenizer import Tokenizer, train_bpe
@@ -27,7 +27,7 @@ def _setup(cache: bool) -> tuple[ContrastiveTask, Batch]:
         text_cache = TextFeatureCache(model.text, tokenizer, CAPTIONS)
     g = torch.Generator().manual_seed(1)
     batch = Batch(pixels=torch.randn(12, 3, 16, 16, generator=g), caption_ids=torch.randperm(12, generator=g),
-                  groups=torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0]), indices=torch.arange(12), skipped=[])
+                  groups=torch.tensor([0, 1, 2, 3, 2, 5, 6, 7, 6, 9, 2, 0]), indices=torch.arange(12), skipped=[])
     return ContrastiveTask(model, tokenizer, CAPTIONS, text_cache), batch
 
 
@@ -35,20 +35,22 @@ def _grads(task: ContrastiveTask) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in task.model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("loss_fn", [ClipLoss(), SigLipLoss(), TripletLoss(mining="hard")],
-                         ids=["clip", "siglip", "triplet"])
+@pytest.mark.parametrize("loss_fn", [ClipLoss(), SigLipLoss(), TripletLoss(mining="hard"),
+                                     TripletLoss(mining="semi-hard"), TripletLoss(mining="all"), VSEppLoss()],
+                         ids=["clip", "siglip", "triplet-hard", "triplet-semi-hard", "triplet-all", "vsepp"])
 @pytest.mark.parametrize("cache", [False, True], ids=["tokenized", "cached-text"])
 def test_chunked_gradients_equal_the_full_batch(loss_fn: ImageTextLoss, cache: bool) -> None:
     task, batch = _setup(cache)
     full_loss = backward_step(task, loss_fn, batch, chunks=1)
     full = _grads(task)
-    for chunks in (3, 4):
+    for chunks in (3, 5):  # 5 does not divide 12: chunks of 3, 3, 2, 2, 2
         task.model.zero_grad(set_to_none=True)
         loss = backward_step(task, loss_fn, batch, chunks=chunks)
         assert loss == pytest.approx(full_loss, rel=1e-6)
         chunked = _grads(task)
         assert chunked.keys() == full.keys()
-        assert ("logit_scale" in chunked) == (not isinstance(loss_fn, TripletLoss))  # triplet has no scale
+        uses_scale = isinstance(loss_fn, ClipLoss | SigLipLoss)  # margin losses have no temperature
+        assert ("logit_scale" in chunked) == uses_scale
         for name, grad in full.items():
             torch.testing.assert_close(chunked[name], grad, atol=1e-5, rtol=1e-4, msg=name)
     if cache:

@@ -44,6 +44,33 @@ def test_triplet_by_hand(mining: str, expected: float) -> None:
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_semi_hard_picks_the_closest_negative_beyond_the_positive() -> None:
+    from polymodal.losses.ranking import mined_triplet_loss
+
+    # One anchor: positive at .3; negatives at .2 (harder than the positive) and .4
+    # (semi-hard: farther, but within the margin .2).
+    dist = torch.tensor([[0.3, 0.2, 0.4]])
+    positive = torch.tensor([[True, False, False]])
+    assert mined_triplet_loss(dist, positive, 0.2, "semi-hard").item() == pytest.approx(0.1)  # .3 - .4 + .2
+    assert mined_triplet_loss(dist, positive, 0.2, "hard").item() == pytest.approx(0.3)  # .3 - .2 + .2
+    assert mined_triplet_loss(dist, positive, 0.2, "all").item() == pytest.approx((0.3 + 0.1) / 2)
+    # No negative beyond the positive: the farthest negative is used (TF Addons' rule).
+    closer = torch.tensor([[0.5, 0.2, 0.4]])
+    assert mined_triplet_loss(closer, positive, 0.2, "semi-hard").item() == pytest.approx(0.3)  # .5 - .4 + .2
+
+
+def test_triplet_chunking_does_not_change_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    import polymodal.losses.ranking as ranking
+
+    image, text, ids = _batch(8, [0, 1, 1, 2, 3, 3, 3, 4])
+    expected = {m: TripletLoss(mining=m).compute_loss_from_embeddings(image, text, ONE, None, ids)  # type: ignore[arg-type]
+                for m in ("all", "semi-hard")}
+    monkeypatch.setattr(ranking, "_TRIPLETS_PER_CHUNK", 70)  # one anchor row per chunk
+    for mining, value in expected.items():
+        chunked = TripletLoss(mining=mining).compute_loss_from_embeddings(image, text, ONE, None, ids)  # type: ignore[arg-type]
+        torch.testing.assert_close(chunked, value)
+
+
 def test_vsepp_by_hand() -> None:
     # sim = [[1, .8], [0, .6]]; only text 1 against image 0 violates: .2 - .6 + .8 = .4.
     for hardest in (True, False):

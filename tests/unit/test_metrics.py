@@ -63,3 +63,11 @@ def test_retrieval_with_several_captions_per_image() -> None:
     # image 2's best caption (3) is its own; every image finds one of its captions first.
     assert m["i2t_r1"] == 100.0 and m["i2t_median_rank"] == 1.0
     assert m["mean_recall"] == pytest.approx((80 + 100 + 100 + 100 + 100 + 100) / 6)
+
+
+def test_model_selection_prefers_low_ranks_and_high_recalls() -> None:
+    from polymodal.eval.retrieval import METRIC_NAMES, oriented
+
+    assert oriented("t2i_median_rank", 3.0) > oriented("t2i_median_rank", 7.0)
+    assert oriented("t2i_r1", 30.0) > oriented("t2i_r1", 20.0)
+    assert "mean_recall" in METRIC_NAMES

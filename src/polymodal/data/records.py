@@ -39,9 +39,7 @@ class ImageRef:
         """Decoded RGB image; ImageDecodeError (naming this image) when unreadable."""
         if not self.member:
             return load_image(Path(self.path), max_pixels)
-        image = load_image(self.read_bytes(), max_pixels)
-        image.filename = self.name  # type: ignore[attr-defined]
-        return image
+        return load_image(self.read_bytes(), max_pixels, name=self.name)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,15 @@ from polymodal.eval.metrics import first_positive_rank, recall_at_k
 
 KS = (1, 5, 10)
 PRIMARY_METRIC = "mean_recall"  # mean of R@1/5/10 in both directions (higher is better)
-METRIC_NAMES = tuple([f"{d}_r{k}" for d in ("t2i", "i2t") for k in KS]
-                     + ["t2i_median_rank", "i2t_median_rank", PRIMARY_METRIC])
+# metric -> whether higher is better (ranks are better low)
+GREATER_IS_BETTER = {**{f"{d}_r{k}": True for d in ("t2i", "i2t") for k in KS},
+                     "t2i_median_rank": False, "i2t_median_rank": False, PRIMARY_METRIC: True}
+METRIC_NAMES = tuple(GREATER_IS_BETTER)
+
+
+def oriented(metric: str, value: float) -> float:
+    """`value` turned so that higher is better (ranks are negated), for model selection."""
+    return value if GREATER_IS_BETTER[metric] else -value
 
 
 def retrieval_metrics(image_embeds: np.ndarray, text_embeds: np.ndarray, image_groups: np.ndarray,

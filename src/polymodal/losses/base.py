@@ -24,6 +24,7 @@ def positive_mask(group_ids: Tensor | None, n: int, device: torch.device) -> Ten
     """(B, B) bool: True where row i and column j share a group (diagonal included)."""
     if group_ids is None:
         return torch.eye(n, dtype=torch.bool, device=device)
+    group_ids = group_ids.to(device)
     return group_ids[:, None] == group_ids[None, :]
 
 
@@ -41,6 +42,8 @@ class ImageTextLoss(nn.Module, ABC):
         if output.image_embeds is None or output.text_embeds is None:
             raise ValueError("an image-text loss needs both image and text embeddings")
         image, text = output.image_embeds, output.text_embeds
+        if group_ids is not None:
+            group_ids = group_ids.to(image.device)  # NCCL gathers device tensors only
         if self.gather:
             image, text, group_ids = gather_batch(image, text, group_ids)
         # Losses are computed in float32 even when the towers ran under bf16 autocast.

@@ -55,33 +55,46 @@ class TripletLoss(ImageTextLoss):
                                      group_ids: Tensor | None = None) -> Tensor:
         dist = pairwise_distance(image, text, self.distance)  # (B, B) image i to text j
         positive = positive_mask(group_ids, len(image), image.device)
-        return (self._one_direction(dist, positive) + self._one_direction(dist.T, positive.T)) / 2
+        return (mined_triplet_loss(dist, positive, self.margin, self.mining)
+                + mined_triplet_loss(dist.T, positive.T, self.margin, self.mining)) / 2
 
-    def _one_direction(self, dist: Tensor, positive: Tensor) -> Tensor:
-        """Rows are anchors, columns the candidates (positives and negatives)."""
-        negative = ~positive
-        if self.mining == "hard":
-            hardest_pos = dist.masked_fill(negative, float("-inf")).amax(dim=1)
-            hardest_neg = dist.masked_fill(positive, float("inf")).amin(dim=1)
-            valid = negative.any(dim=1)
-            losses = (hardest_pos - hardest_neg + self.margin).clamp(min=0)
-            return losses[valid].mean() if valid.any() else dist.sum() * 0
-        # Every (anchor, positive, negative) triplet: (B, P, N) laid out as (B, B, B).
-        d_ap = dist[:, :, None]  # anchor to the candidate used as positive
-        d_an = dist[:, None, :]  # anchor to the candidate used as negative
-        triplet = positive[:, :, None] & negative[:, None, :]
-        if self.mining == "all":
-            losses = (d_ap - d_an + self.margin).clamp(min=0) * triplet
-            active = (losses > 0).sum()
-            return losses.sum() / active.clamp(min=1)
-        # semi-hard: per (anchor, positive), the smallest d_an with d_an > d_ap.
+
+# (anchor, positive, negative) triplets held in memory at once by the all and semi-hard
+# modes: anchors are processed in chunks, so a gathered batch of 4096 needs no 4096^3 tensor.
+_TRIPLETS_PER_CHUNK = 1 << 24
+
+
+def mined_triplet_loss(dist: Tensor, positive: Tensor, margin: float, mining: Mining) -> Tensor:
+    """Triplet loss of one direction. `dist` (A, C): anchors (rows) to candidates; the
+    candidates in `positive` (A, C) are the anchor's positives, the others negatives."""
+    negative = ~positive
+    if mining == "hard":
+        hardest_pos = dist.masked_fill(negative, float("-inf")).amax(dim=1)
+        hardest_neg = dist.masked_fill(positive, float("inf")).amin(dim=1)
+        valid = negative.any(dim=1)
+        losses = (hardest_pos - hardest_neg + margin).clamp(min=0)
+        return losses[valid].mean() if valid.any() else dist.sum() * 0
+    total, count = dist.new_zeros(()), dist.new_zeros(())
+    rows = max(1, _TRIPLETS_PER_CHUNK // max(1, dist.shape[1] ** 2))
+    for start in range(0, dist.shape[0], rows):
+        d, pos, neg = dist[start:start + rows], positive[start:start + rows], negative[start:start + rows]
+        d_ap = d[:, :, None]  # anchor to the candidate used as positive
+        d_an = d[:, None, :]  # anchor to the candidate used as negative
+        triplet = pos[:, :, None] & neg[:, None, :]  # (a, p, n)
+        if mining == "all":  # mean over the triplets that still violate the margin
+            losses = (d_ap - d_an + margin).clamp(min=0) * triplet
+            total, count = total + losses.sum(), count + (losses > 0).sum()
+            continue
+        # semi-hard: per (anchor, positive), the closest negative farther than the positive,
+        # else the farthest negative.
         farther = triplet & (d_an > d_ap)
         semi_hard = d_an.expand_as(triplet).masked_fill(~farther, float("inf")).amin(dim=2)
-        easiest = dist.masked_fill(positive, float("-inf")).amax(dim=1, keepdim=True)
+        easiest = d.masked_fill(pos, float("-inf")).amax(dim=1, keepdim=True)
         chosen = torch.where(farther.any(dim=2), semi_hard, easiest.expand_as(semi_hard))
-        pairs = positive & negative.any(dim=1, keepdim=True)  # (anchor, positive) pairs
-        losses = (dist - chosen + self.margin).clamp(min=0)
-        return losses[pairs].mean() if pairs.any() else dist.sum() * 0
+        pairs = pos & neg.any(dim=1, keepdim=True)  # (anchor, positive) pairs with a negative
+        total = total + (d - chosen + margin).clamp(min=0)[pairs].sum()
+        count = count + pairs.sum()
+    return total / count.clamp(min=1)
 
 
 class VSEppLoss(ImageTextLoss):

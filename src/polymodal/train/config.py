@@ -21,6 +21,7 @@ from typing import Any, Literal
 from polymodal.config import AugmentConfig, from_dict
 from polymodal.data.sources import SourceConfig
 from polymodal.errors import ConfigError
+from polymodal.eval.retrieval import GREATER_IS_BETTER
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class LoopSection:
     epochs: float = 10.0
     steps: int = 0  # if > 0, overrides epochs
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    device: str = "auto"  # auto, cpu, cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 1  # image-decoding processes
     log_every: int = 10
     eval_every: int = 0  # steps between validations; 0 = once per epoch
@@ -84,7 +85,10 @@ class LoopSection:
         if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
             raise ConfigError("give train.steps > 0 or train.epochs > 0")
         if min(self.log_every, self.checkpoint_every) < 1 or self.eval_every < 0:
-            raise ConfigError("train.log_every and train.checkpoint_every must be >= 1")
+            raise ConfigError("train.log_every and train.checkpoint_every must be >= 1, train.eval_every >= 0")
+        if self.early_stopping_metric not in GREATER_IS_BETTER:
+            raise ConfigError(f"train.early_stopping_metric {self.early_stopping_metric!r} is not one of "
+                              f"{', '.join(GREATER_IS_BETTER)}")
 
 
 @dataclass(frozen=True)

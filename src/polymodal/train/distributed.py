@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from polymodal.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,6 +36,8 @@ def setup(device_setting: str = "auto") -> DistInfo:
     on GPU), or run as a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA GPU is available (use auto or cpu)")
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
@@ -61,16 +65,19 @@ def broadcast_parameters(model: nn.Module, info: DistInfo) -> None:
 
 
 def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
-    """Mean of every rank's gradients, in one flat all-reduce."""
+    """Mean of every rank's gradients, in one flat all-reduce. A parameter no rank
+    computed a gradient for keeps grad None, as in one process (AdamW then skips it)."""
     if info.world_size == 1:
         return
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=info.device)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [has_grad])
     dist.all_reduce(flat)
-    flat /= info.world_size
+    flat[:-len(params)] /= info.world_size
+    any_grad = flat[-len(params):] > 0
     offset = 0
-    for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone() if any_grad[i] else None
         offset += g.numel()
 
 
@@ -81,3 +88,21 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def any_flag(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if it is true on any (an interrupt, a spent time budget)."""
+    if info.world_size == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def merge_dicts(local: dict[str, str], info: DistInfo) -> dict[str, str]:
+    """The union of every rank's dict (e.g. the unreadable images each rank met)."""
+    if info.world_size == 1:
+        return local
+    parts: list[dict[str, str] | None] = [None] * info.world_size
+    dist.all_gather_object(parts, local)
+    return {k: v for part in parts if part for k, v in part.items()}

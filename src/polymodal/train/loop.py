@@ -18,7 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +36,9 @@ from polymodal.config import HFTextConfig, to_dict
 from polymodal.data.loader import Batch, PairDataset, ResumableBatchSampler, collate
 from polymodal.data.records import PairSet
 from polymodal.data.sources import load_source
-from polymodal.errors import ConfigError
+from polymodal.errors import ConfigError, PolymodalError
 from polymodal.eval.embed import embed_pair_set
-from polymodal.eval.retrieval import METRIC_NAMES, retrieval_metrics
+from polymodal.eval.retrieval import oriented, retrieval_metrics
 from polymodal.factory import create_model, get_tokenizer, get_transforms, load_model, save_model
 from polymodal.inference import TextFeatureCache, resolve_precision
 from polymodal.losses import ImageTextLoss
@@ -73,7 +77,7 @@ class _Progress:
     bad_evals: int = 0
     seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)
-    best_metrics: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False  # early stopping ended the run: a re-run must not train on
 
 
 @dataclass
@@ -109,8 +113,9 @@ class Trainer:
         info = dist_utils.setup(self.config.train.device)
         try:
             run = self._prepare(info)
-            stopped_early = self._loop(run) if run.progress.step < run.total else False
-            return self._finish(run, stopped_early)
+            if run.progress.step < run.total and not run.progress.stopped:
+                run.progress.stopped = self._loop(run)
+            return self._finish(run)
         finally:
             dist_utils.teardown()
 
@@ -121,16 +126,16 @@ class Trainer:
         state = load_state(self.state_file) if self.state_file.is_file() else None
         if state is not None:
             self._check_same_config(state.get("config", {}))
-        if cfg.val is not None and cfg.train.early_stopping_metric not in METRIC_NAMES:
-            raise ConfigError(f"train.early_stopping_metric {cfg.train.early_stopping_metric!r} is not one of "
-                              f"{', '.join(METRIC_NAMES)}")
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if state is None:  # a fresh start: nothing of an earlier, unfinished attempt survives
+                self._remove_outputs()
             (self.run_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        dist_utils.barrier(info)
         torch.manual_seed(cfg.seed)
         train_pairs = load_source(cfg.data)
         val_pairs = load_source(cfg.val) if cfg.val is not None else None
-        model, tokenizer = self._build_model(train_pairs, info)
+        model, tokenizer = self._build_model(train_pairs, info, resuming=state is not None)
         dtype = resolve_precision(cfg.train.precision, info.device)
         text_cache = val_cache = None
         if cfg.model.lock_text and cfg.model.text_unlocked_groups == 0:
@@ -160,13 +165,14 @@ class Trainer:
         return _Run(info, model, tokenizer, train_pairs, val_pairs, val_cache, dtype, task, loss_fn, optimizer,
                     scheduler, total, steps_per_epoch, progress, progress.step)
 
-    def _build_model(self, train_pairs: PairSet, info: dist_utils.DistInfo) -> tuple[DualEncoder, Tokenizer]:
+    def _build_model(self, train_pairs: PairSet, info: dist_utils.DistInfo, resuming: bool
+                     ) -> tuple[DualEncoder, Tokenizer]:
         cfg = self.config.model
         if cfg.init:
             model, tokenizer = load_model(cfg.init, device=info.device), get_tokenizer(cfg.init)
         else:
             model = create_model(get_preset(cfg.preset), device=info.device)
-            tokenizer = self._tokenizer(model, train_pairs, info)
+            tokenizer = self._tokenizer(model, train_pairs, info, resuming)
         if cfg.lock_text:
             model.lock_text_tower(cfg.text_unlocked_groups)
         if cfg.lock_image:
@@ -175,19 +181,26 @@ class Trainer:
             model.set_grad_checkpointing(True)
         return model, tokenizer
 
-    def _tokenizer(self, model: DualEncoder, train_pairs: PairSet, info: dist_utils.DistInfo) -> Tokenizer:
+    def _tokenizer(self, model: DualEncoder, train_pairs: PairSet, info: dist_utils.DistInfo,
+                   resuming: bool) -> Tokenizer:
         config = model.config
         if isinstance(config.text, HFTextConfig):
             return pretrained_tokenizer(config)
         saved = self.run_dir / "tokenizer.json"
-        if saved.is_file():  # resuming: the very tokenizer the run started with
+        if resuming:  # the very tokenizer the run started with
             return Tokenizer.from_file(saved, config.text.context_length, config.tokenizer)
+        # Every rank trains the same tokenizer (training is deterministic); only rank 0 writes it.
         backend = train_bpe(train_pairs.captions(), config.text.vocab_size,
                             self.config.model.tokenizer_min_frequency)
         tokenizer = Tokenizer(backend, config.text.context_length, config.tokenizer)
         if info.is_main:
             tokenizer.save(saved)
         return tokenizer
+
+    def _remove_outputs(self) -> None:
+        for name in ("metrics.jsonl", "summary.json", "tokenizer.json"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / "model", ignore_errors=True)
 
     def _check_same_config(self, saved: dict[str, Any]) -> None:
         changed = [k for k in _diff(saved, to_dict(self.config)) if k not in RESUMABLE_CHANGES]
@@ -215,50 +228,51 @@ class Trainer:
         step = progress.step
         window_start, window_samples, last_tick = time.perf_counter(), 0, time.perf_counter()
         bar, bar_task = self._progress_bar(info, run.total, step)
-        try:
-            with bar:
-                for batch in loader:
-                    model.train()
-                    run.optimizer.zero_grad(set_to_none=True)
-                    loss = backward_step(run.task, run.loss_fn, batch, cfg.train.accum_steps, run.dtype)
-                    dist_utils.average_gradients(params, info)
-                    grad_norm = _clip(params, cfg.optim.grad_clip)
-                    run.optimizer.step()
-                    run.scheduler.step()
-                    with torch.no_grad():  # CLIP clamps the learned temperature at 100
-                        model.logit_scale.clamp_(0, model.config.max_logit_scale)
-                    step += 1
-                    now = time.perf_counter()
-                    progress.seconds += now - last_tick
-                    last_tick = now
-                    self._note_skipped(batch, progress, info)
-                    window_samples += len(batch) * info.world_size
-                    rate = window_samples / max(1e-9, now - window_start)
-                    bar.update(bar_task, advance=1, loss=f"{loss:.3f}", rate=f"{rate:.0f}")
-                    if step % cfg.train.log_every == 0 or step == run.total:
-                        self._log(info, {"step": step, "epoch": round(step / max(1, run.steps_per_epoch), 3),
-                                         "loss": loss, "lr": run.scheduler.get_last_lr()[0],
-                                         "logit_scale": float(model.logit_scale.detach().exp()), "grad_norm": grad_norm,
-                                         "samples_per_s": rate, "seconds": progress.seconds})
-                        window_start, window_samples = now, 0
-                    if run.val_pairs is not None and (step % eval_every == 0 or step == run.total):
-                        stop = dist_utils.broadcast_flag(self._evaluate(run, step), info)
-                        last_tick = time.perf_counter()  # evaluation time is not training time
-                    budget = cfg.train.max_minutes
-                    out_of_time = dist_utils.broadcast_flag(budget > 0 and progress.seconds > 60 * budget, info)
-                    if step % cfg.train.checkpoint_every == 0 or step == run.total or stop or out_of_time:
-                        self._save_state(run, step)
-                    if out_of_time and info.is_main:
-                        self.console.print(f"time budget of {budget} min reached at step {step}/{run.total}")
-                    if stop or out_of_time:
-                        break
-        except KeyboardInterrupt:
-            self._save_state(run, step)
-            raise
+        with bar, _InterruptFlag() as interrupt:
+            for batch in _unwrapped(loader):
+                model.train()
+                run.optimizer.zero_grad(set_to_none=True)
+                loss = backward_step(run.task, run.loss_fn, batch, cfg.train.accum_steps, run.dtype)
+                dist_utils.average_gradients(params, info)
+                grad_norm = _clip(params, cfg.optim.grad_clip)
+                lr = run.scheduler.get_last_lr()[0]  # the rate this step used
+                run.optimizer.step()
+                run.scheduler.step()
+                with torch.no_grad():  # CLIP clamps the learned temperature at 100
+                    model.logit_scale.clamp_(0, model.config.max_logit_scale)
+                step += 1
+                now = time.perf_counter()
+                progress.seconds += now - last_tick
+                last_tick = now
+                self._note_skipped(batch, progress, info)
+                window_samples += len(batch) * info.world_size
+                rate = window_samples / max(1e-9, now - window_start)
+                bar.update(bar_task, advance=1, loss=f"{loss:.3f}", rate=f"{rate:.0f}")
+                if step % cfg.train.log_every == 0 or step == run.total:
+                    self._log(info, {"step": step, "epoch": round(step / max(1, run.steps_per_epoch), 3),
+                                     "loss": loss, "lr": lr, "logit_scale": float(model.logit_scale.detach().exp()),
+                                     "grad_norm": grad_norm, "samples_per_s": rate, "seconds": progress.seconds})
+                    window_start, window_samples = now, 0
+                if run.val_pairs is not None and (step % eval_every == 0 or step == run.total):
+                    stop = dist_utils.broadcast_flag(self._evaluate(run, step), info)
+                    last_tick = time.perf_counter()  # evaluation time is not training time
+                budget = cfg.train.max_minutes
+                out_of_time = dist_utils.any_flag(budget > 0 and progress.seconds > 60 * budget, info)
+                interrupted = dist_utils.any_flag(interrupt.raised, info)
+                if step % cfg.train.checkpoint_every == 0 or step == run.total or stop or out_of_time or interrupted:
+                    run.progress.stopped = stop
+                    self._save_state(run, step)
+                if interrupted:
+                    raise KeyboardInterrupt  # after the step's state is saved
+                if out_of_time and info.is_main:
+                    self.console.print(f"time budget of {budget} min reached at step {step}/{run.total}")
+                if stop or out_of_time:
+                    break
         return stop
 
     def _save_state(self, run: _Run, step: int) -> None:
         run.progress.step = step
+        run.progress.skipped = dist_utils.merge_dicts(run.progress.skipped, run.info)
         if run.info.is_main:
             save_state(self.state_file, {
                 "step": step, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
@@ -275,9 +289,9 @@ class Trainer:
         cfg, progress = self.config.train, run.progress
         metrics = self._validation_metrics(run)
         self._log(run.info, {"step": step, "eval": metrics})
-        if metrics[cfg.early_stopping_metric] > progress.best:
-            progress.best, progress.best_step, progress.bad_evals = metrics[cfg.early_stopping_metric], step, 0
-            progress.best_metrics = metrics
+        score = oriented(cfg.early_stopping_metric, metrics[cfg.early_stopping_metric])
+        if score > progress.best:
+            progress.best, progress.best_step, progress.bad_evals = score, step, 0
             self._save_model(run, step, metrics)
         else:
             progress.bad_evals += 1
@@ -297,23 +311,23 @@ class Trainer:
         return save_model(run.model, run.tokenizer, self.run_dir / "model", training=training, metrics=metrics,
                           source=f"polymodal train ({cfg.output})", overwrite=True)
 
-    def _finish(self, run: _Run, stopped_early: bool) -> TrainResult:
+    def _finish(self, run: _Run) -> TrainResult:
         model_dir, progress = self.run_dir / "model", run.progress
-        metrics = progress.best_metrics
+        progress.skipped = dist_utils.merge_dicts(progress.skipped, run.info)
         if run.info.is_main:
             if run.val_pairs is None:
                 self._save_model(run, progress.step, {})
             elif not (model_dir / "config.json").is_file():  # e.g. a budget cut before any evaluation
-                metrics = self._validation_metrics(run)
-                self._save_model(run, progress.step, metrics)
-            summary = {"steps": progress.step, "total_steps": run.total, "seconds": round(progress.seconds, 1),
-                       "metrics": metrics, "best_step": progress.best_step, "stopped_early": stopped_early,
-                       "skipped_images": progress.skipped}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                self._save_model(run, progress.step, self._validation_metrics(run))
         dist_utils.barrier(run.info)
-        card = json.loads((model_dir / "config.json").read_text())
+        card = json.loads((model_dir / "config.json").read_text())  # the saved model's own numbers
+        if run.info.is_main:
+            summary = {"steps": progress.step, "total_steps": run.total, "seconds": round(progress.seconds, 1),
+                       "metrics": card["metrics"], "model_step": card["training"]["steps"],
+                       "stopped_early": progress.stopped, "skipped_images": progress.skipped}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return TrainResult(self.run_dir, model_dir, card["model_id"], progress.step, run.total, progress.seconds,
-                           metrics, progress.skipped, stopped_early, run.resumed_from)
+                           card["metrics"], progress.skipped, progress.stopped, run.resumed_from)
 
     def _note_skipped(self, batch: Batch, progress: _Progress, info: dist_utils.DistInfo) -> None:
         for name, reason in batch.skipped:
@@ -345,6 +359,48 @@ class Trainer:
         if self.show_progress and info.is_main:
             return self.console.status(message)
         return _Null()
+
+
+class _InterruptFlag:
+    """Ctrl-C during training finishes the current step, saves it, then stops (a second
+    Ctrl-C stops at once). Stopping mid-step would save weights one update ahead of the
+    step counter, and under torchrun would leave the other ranks waiting in a collective."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *args: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _unwrapped(loader: DataLoader) -> Iterator[Batch]:
+    """Batches of `loader`; an error raised in a worker process comes back with the
+    worker's traceback folded into its message, which is unwrapped to its last line."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except PolymodalError as err:
+            message = str(err)
+            if "Original Traceback" not in message:
+                raise
+            last = message.strip().splitlines()[-1]
+            raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
+        yield batch
 
 
 class _Null:

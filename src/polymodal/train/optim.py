@@ -40,11 +40,11 @@ def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.AdamW:
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
     """Multiplier of the base learning rate at step s (0-based): (s+1)/warmup during
-    warm-up, then a half cosine from 1 down to `min_ratio` at the last step."""
+    warm-up, then a half cosine from 1 down to `min_ratio` at the last step (total - 1)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
+        span = max(1, total_steps - 1 - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / span)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor

@@ -14,6 +14,7 @@ split and a model is never tested on an emoji it trained on in another colour.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -102,8 +103,14 @@ def render_emoji(char: str, font: ImageFont.FreeTypeFont, size: int) -> Image.Im
 
 
 def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST,
-                        font_path: Path = EMOJI_FONT, progress: Progress | None = None) -> dict:
-    """Render the dataset into `out` (written under a temporary name, then renamed)."""
+                        font_path: Path = EMOJI_FONT, progress: Progress | None = None,
+                        overwrite: bool = False) -> dict:
+    """Render the dataset into `out` (written under a temporary name, then renamed).
+
+    `out` must be new, empty, or (with `overwrite`) an earlier emoji dataset: a folder
+    holding anything else is never deleted."""
+    out = Path(out).resolve()
+    _check_target(out, overwrite)
     entries = parse_emoji_test(emoji_test)
     if not font_path.is_file():
         raise DataError(f"{font_path} not found; {INSTALL_HINT}")
@@ -128,7 +135,7 @@ def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST
                 "splits": {s: sum(r["split"] == s for r in rows) for s, _ in SPLITS},
                 "sources": {"emoji_test": str(emoji_test), "font": str(font_path)}}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        if out.exists():
+        if out.exists():  # empty, or an earlier build (checked above)
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
@@ -137,13 +144,31 @@ def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST
     return info
 
 
+def _check_target(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder")
+    if (out / "dataset.json").is_file():
+        if not overwrite:
+            raise DataError(f"{out} already holds an emoji dataset (pass --overwrite to rebuild it)")
+    elif any(out.iterdir()):
+        raise DataError(f"{out} is not empty and holds no emoji dataset; choose a new or empty folder")
+
+
 def default_emoji_root() -> Path:
     return cache_dir() / "datasets" / "emoji"
 
 
 def ensure_emoji_dataset(root: Path | None = None) -> Path:
-    """The dataset folder, built first if it is not there yet."""
-    root = root or default_emoji_root()
-    if not (root / "dataset.json").is_file():
-        build_emoji_dataset(root)
+    """The dataset folder, built first if it is not there yet. A file lock next to it
+    makes concurrent callers (the processes of a torchrun job) build it once."""
+    root = Path(root or default_emoji_root()).resolve()
+    if (root / "dataset.json").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "dataset.json").is_file():
+            build_emoji_dataset(root)
     return root
