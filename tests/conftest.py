@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs and images made at test time (no ../shared data)."""
+"""Shared fixtures: tiny configs and images made at test time, never the external data sets."""
 
 from __future__ import annotations
 
