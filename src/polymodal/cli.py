@@ -22,7 +22,21 @@ data_app = typer.Typer(no_args_is_help=True, help="Build the built-in datasets."
 data_build_app = typer.Typer(no_args_is_help=True, help="Build a built-in dataset into a folder.")
 data_app.add_typer(data_build_app, name="build")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(no_args_is_help=True, help=(
+    "Evaluate a model: each run writes result.json, report.md and plots. MODEL is a model directory "
+    "(or 'quickstart'); DATA is emoji[:split], a folder of class folders, a folder or file of captions, "
+    "tar shards, or a .toml source table."))
+app.add_typer(eval_app, name="eval")
 console = Console()
+
+ModelArg = Annotated[str, typer.Argument(help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")]
+DataArg = Annotated[str, typer.Argument(help="emoji[:split], class folders, captions folder/file, tar shards, "
+                                             "or a .toml source table.")]
+OutOpt = Annotated[Path | None, typer.Option(help="Report folder; default evals/<task>-<model>-<data>.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per batch.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="Image-decoding processes.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32 or bf16.")]
+PlotsOpt = Annotated[bool, typer.Option(help="Draw the report's plots.")]
 
 
 def _version(value: bool) -> None:
@@ -135,6 +149,130 @@ def quickstart(
     for text, matches in result.examples.items():
         shown = "   ".join(f"{m.char} {m.name} ({m.score:.2f})" for m in matches)
         console.print(f"[bold]{text!r}[/bold] -> {shown}", highlight=False)
+
+
+def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: int, workers: int, precision: str,
+              plots: bool, **settings: object) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from polymodal.eval.report import format_value
+    from polymodal.eval.runner import EvalOptions, run_eval
+    if precision not in ("auto", "fp32", "bf16"):
+        raise PolymodalError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    options = EvalOptions(batch_size=batch_size, num_workers=workers, precision=precision, plots=plots)
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        job = bar.add_task("embedding images", total=None)
+        evaluation, report = run_eval(task, model, data, out, options,
+                                      progress=lambda done, total: bar.update(job, completed=done, total=total),
+                                      **settings)
+    table = Table("metric", "value", title=f"{task}: {evaluation.info.get('data', data)}")
+    for name, value in evaluation.metrics.items():
+        style = "bold" if name == evaluation.primary_metric else ""
+        table.add_row(name, format_value(value), style=style)
+    console.print(table)
+    if evaluation.skipped:
+        console.print(f"[yellow]{len(evaluation.skipped)} items skipped (listed in the report)[/yellow]")
+    console.print(f"report: {report}  (numbers: {report.with_name('result.json')})")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(model: ModelArg, data: DataArg, out: OutOpt = None, batch_size: BatchOpt = 128,
+                   workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True) -> None:
+    """Image<->text retrieval both ways: R@1/5/10, true recall, mAP, MRR, nDCG@10, ranks, threshold."""
+    _run_eval("retrieval", model, data, out, batch_size, workers, precision, plots)
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(
+    model: ModelArg, data: DataArg, out: OutOpt = None,
+    template: Annotated[list[str] | None, typer.Option(
+        help="Prompt template with {} for the class name (repeatable), or 'default' / 'ensemble'.")] = None,
+    synonyms: Annotated[bool, typer.Option(help="Average over class-name synonyms where the data has them.")] = True,
+    batch_size: BatchOpt = 128, workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+) -> None:
+    """Zero-shot classification of labelled images: top-1/5, balanced accuracy, confusion matrix."""
+    _run_eval("zeroshot", model, data, out, batch_size, workers, precision, plots, templates=template or [],
+              synonyms=synonyms)
+
+
+@eval_app.command("linear-probe")
+def eval_linear_probe(
+    model: ModelArg, data: DataArg, out: OutOpt = None,
+    test: Annotated[str, typer.Option(help="Test DATA; default: a fixed 20% of DATA.")] = "",
+    shots: Annotated[str, typer.Option(help="Few-shot sizes, e.g. 1,5,10 (images per class).")] = "",
+    repeats: Annotated[int, typer.Option(min=1, help="Random draws per few-shot size.")] = 3,
+    batch_size: BatchOpt = 128, workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+) -> None:
+    """Logistic regression on frozen image embeddings, on all training images and few-shot."""
+    try:
+        sizes = tuple(int(k) for k in shots.split(",") if k.strip())
+    except ValueError:
+        raise PolymodalError(f"--shots must be comma-separated integers, got {shots!r}") from None
+    if any(k < 1 for k in sizes):
+        raise PolymodalError("--shots must be positive")
+    _run_eval("linear-probe", model, data, out, batch_size, workers, precision, plots, test=test, shots=sizes,
+              repeats=repeats)
+
+
+@eval_app.command("weat")
+def eval_weat(
+    model: ModelArg,
+    tests: Annotated[str, typer.Argument(help="'all', built-in test names (comma-separated), or a JSON file.")] = "all",
+    out: OutOpt = None,
+    sentences: Annotated[bool, typer.Option(help="SEAT: put words in bleached sentences ('This is a rose.').")] = False,
+    partitions: Annotated[int, typer.Option(min=100, help="Most re-partitions for the permutation test.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Seed of sampled re-partitions.")] = 0,
+    list_tests: Annotated[bool, typer.Option("--list", help="List the built-in tests and exit.")] = False,
+    precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+) -> None:
+    """Association tests (WEAT/SEAT on words, iEAT on emoji images): effect size and p-value."""
+    if list_tests:
+        from polymodal.eval.association import builtin_tests, describe_tests
+
+        table = Table("test", "sets", "reference")
+        for row in describe_tests(builtin_tests()):
+            table.add_row(*row)
+        console.print(table)
+        return
+    _run_eval("weat", model, "", out, 128, 0, precision, plots, tests=tests, sentences=sentences,
+              max_partitions=partitions, seed=seed)
+
+
+@app.command()
+def classify(
+    model: ModelArg,
+    folder: Annotated[Path, typer.Argument(help="A folder of images (searched recursively).")],
+    labels: Annotated[list[str], typer.Option(
+        help="Class names, comma-separated, or a .txt file with one per line (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Where to write the labels: a .csv or .json file.")] = Path("labels.csv"),
+    threshold: Annotated[float | None, typer.Option(
+        help="Label an image 'unknown' when its best cosine similarity is below this "
+             "(`polymodal eval zeroshot` suggests one).")] = None,
+    template: Annotated[list[str] | None, typer.Option(help="Prompt template(s) with {}, or 'ensemble'.")] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Best classes listed per image.")] = 3,
+    batch_size: BatchOpt = 128,
+) -> None:
+    """Label every image of FOLDER with the nearest class name (zero-shot), to CSV or JSON."""
+    from polymodal.classify import UNKNOWN, classify_folder, parse_labels, write_rows
+    from polymodal.eval.runner import EvalOptions, load_for_eval
+    from polymodal.eval.zeroshot import DEFAULT_TEMPLATES, resolve_templates
+
+    names = parse_labels(labels)
+    templates = resolve_templates(template or DEFAULT_TEMPLATES)
+    if out.suffix not in (".csv", ".json"):
+        raise PolymodalError(f"--out {out}: must end in .csv or .json")
+    loaded = load_for_eval(model, EvalOptions())
+    rows = classify_folder(loaded.model, loaded.tokenizer, loaded.transform, folder, names, templates, threshold,
+                           top_k, batch_size)
+    write_rows(rows, out)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.label or "unreadable"] = counts.get(row.label or "unreadable", 0) + 1
+    summary = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    console.print(f"labelled {len(rows)} images -> {out}: {summary}", highlight=False)
+    if counts.get(UNKNOWN):
+        console.print(f"{counts[UNKNOWN]} below the threshold {threshold} are '{UNKNOWN}'")
 
 
 def _print_training(steps: int, total: int, seconds: float, metrics: dict[str, float], model_dir: Path,

@@ -247,6 +247,11 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def from_value(tp: Any, value: Any, where: str) -> Any:
+    """`value` checked and converted to type `tp` (a dataclass, a kind-tagged union, ...)."""
+    return _coerce(tp, value, where)
+
+
 def to_dict(config: Any) -> Any:
     """Inverse of `from_dict`: plain JSON types, with `kind` for tower configs."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):

@@ -57,6 +57,10 @@ class PairSet:
     records: list[PairRecord]
     name: str
     dropped: dict[str, str] = field(default_factory=dict)  # item -> reason (missing file, no caption)
+    # Labelled sources (class folders, label tables): group g is class g, named
+    # class_names[g]; class_synonyms[g] holds further names for zero-shot prompts.
+    class_names: list[str] = field(default_factory=list)
+    class_synonyms: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)

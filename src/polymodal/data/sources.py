@@ -63,6 +63,7 @@ class ClassSource:
     class_names: str = ""  # optional table mapping labels to readable names
     class_key_column: str = "label"
     class_name_column: str = "name"
+    class_synonyms_column: str = ""  # comma-separated further names in the class_names table
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
 
 
@@ -186,30 +187,39 @@ def load_classes(cfg: ClassSource) -> PairSet:
         for number, row in enumerate(read_table(table), 1):
             image = column(row, cfg.image_column, table, number)
             items.append((base / str(image), str(column(row, cfg.label_column, table, number))))
-    names = _class_names(cfg)
+    names, synonyms = _class_names(cfg)
     labels = sorted({label for _, label in items})
     index = {label: i for i, label in enumerate(labels)}
+    class_names = [names.get(label, label.replace("_", " ").replace("-", " ")) for label in labels]
     records, dropped = [], {}
     for path, label in items:
         if not path.is_file():
             dropped[str(path)] = "file not found"
             continue
-        name = names.get(label, label.replace("_", " ").replace("-", " "))
+        name = class_names[index[label]]
         captions = tuple(t.format(name) for t in cfg.templates)
         records.append(PairRecord(ImageRef(str(path)), captions, group=index[label],
                                   key=f"{name}/{path.name}"))
-    return PairSet(records, name=cfg.root or cfg.labels, dropped=dropped)
+    class_synonyms = [tuple(s for s in synonyms.get(label, ()) if s != name)
+                      for label, name in zip(labels, class_names, strict=True)]
+    return PairSet(records, name=cfg.root or cfg.labels, dropped=dropped, class_names=class_names,
+                   class_synonyms=class_synonyms)
 
 
-def _class_names(cfg: ClassSource) -> dict[str, str]:
+def _class_names(cfg: ClassSource) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """label -> readable name, and label -> synonyms, from the class_names table."""
     if not cfg.class_names:
-        return {}
+        return {}, {}
     table = Path(cfg.class_names)
-    names = {}
+    names, synonyms = {}, {}
     for n, row in enumerate(read_table(table), 1):
         key = str(column(row, cfg.class_key_column, table, n))
         names[key] = str(column(row, cfg.class_name_column, table, n))
-    return names
+        if cfg.class_synonyms_column:
+            value = column(row, cfg.class_synonyms_column, table, n)
+            parts = value if isinstance(value, list) else str(value or "").split(",")
+            synonyms[key] = tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    return names, synonyms
 
 
 def load_emoji(cfg: EmojiSource) -> PairSet:

@@ -1,20 +1,77 @@
-"""Embedding a whole image-text set for evaluation: every readable image once, every
-caption of those images as a text query."""
+"""Embedding whole image sets for evaluation: every readable image once (unreadable
+ones are skipped and reported, never replaced), every caption of those images."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from polymodal.data.loader import PairDataset, collate, sequential_batches
-from polymodal.data.records import PairSet
+from polymodal.data.records import ImageRef, PairSet
+from polymodal.errors import DataError, ImageDecodeError
 from polymodal.inference import TextFeatureCache, autocast, embed_texts, model_device
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.tokenizer import Tokenizer
 from polymodal.transforms import ImageTransform
+
+# Called with the number of images embedded so far and the total.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class EmbeddedImages:
+    embeds: np.ndarray  # (K, E) float32, L2-normalised, for the K readable images
+    kept: np.ndarray  # (K,) positions of those images in the input list
+    skipped: list[tuple[str, str]]  # unreadable images: (image, reason)
+
+
+class _ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
+    def __init__(self, refs: Sequence[ImageRef], transform: ImageTransform) -> None:
+        self.refs, self.transform = refs, transform
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.transform(self.refs[i].load()), ""
+        except ImageDecodeError as err:
+            return i, None, str(err)
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:
+    return items
+
+
+@torch.no_grad()
+def embed_images(model: DualEncoder, refs: Sequence[ImageRef], transform: ImageTransform, batch_size: int = 128,
+                 num_workers: int = 0, dtype: torch.dtype | None = None,
+                 progress: Progress | None = None) -> EmbeddedImages:
+    """Embed every readable image of `refs`; an empty or fully unreadable list is an error."""
+    if not refs:
+        raise DataError("no images to embed")
+    model.eval()
+    device = model_device(model)
+    loader = DataLoader(_ImageDataset(refs, transform), batch_size=batch_size, collate_fn=_collate,
+                        num_workers=num_workers)
+    embeds, kept, skipped, done = [], [], [], 0
+    for items in loader:
+        good = [(i, pixels) for i, pixels, _ in items if pixels is not None]
+        skipped += [(refs[i].name, reason) for i, pixels, reason in items if pixels is None]
+        if good:
+            pixels = torch.stack([p for _, p in good]).to(device)
+            with autocast(device, dtype):
+                embeds.append(model.encode_image(pixels).float().cpu())
+            kept += [i for i, _ in good]
+        done += len(items)
+        if progress is not None:
+            progress(done, len(refs))
+    if not embeds:
+        raise DataError(f"none of the {len(refs)} images could be read, e.g. {skipped[0][0]}: {skipped[0][1]}")
+    return EmbeddedImages(torch.cat(embeds).numpy(), np.array(kept), skipped)
 
 
 @dataclass
@@ -28,29 +85,15 @@ class EmbeddedPairs:
     skipped: list[tuple[str, str]]  # unreadable images: (image, reason)
 
 
-@torch.no_grad()
 def embed_pair_set(model: DualEncoder, tokenizer: Tokenizer, pairs: PairSet, transform: ImageTransform,
                    batch_size: int = 128, num_workers: int = 0, dtype: torch.dtype | None = None,
-                   text_cache: TextFeatureCache | None = None) -> EmbeddedPairs:
-    model.eval()
-    device = model_device(model)
-    loader = DataLoader(PairDataset(pairs.records, transform), batch_sampler=sequential_batches(len(pairs), batch_size),
-                        collate_fn=collate, num_workers=num_workers)
-    embeds, indices, skipped = [], [], []
-    for batch in loader:
-        with autocast(device, dtype):
-            embeds.append(model.encode_image(batch.pixels.to(device)).float().cpu())
-        indices.append(batch.indices)
-        skipped += batch.skipped
-    all_indices = torch.cat(indices).numpy()
-    # An unreadable image was replaced by the next record, which may then appear twice.
-    _, first = np.unique(all_indices, return_index=True)
-    keep = np.sort(first)
-    used = [pairs.records[i] for i in all_indices[keep]]
+                   text_cache: TextFeatureCache | None = None, progress: Progress | None = None) -> EmbeddedPairs:
+    """Images of readable records, and every caption of those records as text queries."""
+    images = embed_images(model, [r.image for r in pairs.records], transform, batch_size, num_workers, dtype,
+                          progress)
+    used = [pairs.records[i] for i in images.kept]
     texts = [c for r in used for c in r.captions]
     text_groups = np.array([r.group for r in used for _ in r.captions])
     text_embeds = embed_texts(model, tokenizer, texts, batch_size=256, dtype=dtype, cache=text_cache)
-    skipped_unique = list(dict.fromkeys(skipped))
-    return EmbeddedPairs(torch.cat(embeds).numpy()[keep], text_embeds.cpu().numpy(),
-                         np.array([r.group for r in used]), text_groups, [r.key for r in used], texts,
-                         skipped_unique)
+    return EmbeddedPairs(images.embeds, text_embeds.cpu().numpy(), np.array([r.group for r in used]), text_groups,
+                         [r.key for r in used], texts, images.skipped)

@@ -1,0 +1,154 @@
+"""Linear probe: multinomial logistic regression on frozen image embeddings (as in the
+CLIP paper's representation-learning evaluation), on all training images and few-shot.
+
+The L2 penalty is chosen on a stratified quarter of the training images, then the
+probe is refit on all of them. Few-shot probes draw k images per class with several
+seeds and reuse that penalty (k images per class leave nothing to validate on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polymodal.data.records import PairSet
+from polymodal.errors import DataError
+from polymodal.eval.embed import Progress, embed_images
+from polymodal.eval.metrics import balanced_accuracy, top_k_accuracy
+from polymodal.eval.report import Evaluation, Plot
+from polymodal.models.dual_encoder import DualEncoder
+from polymodal.transforms import ImageTransform
+
+PRIMARY_METRIC = "top1"
+PENALTIES = tuple(10.0 ** e for e in range(-6, 1))  # L2 weights searched, per sample
+
+
+def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classes: int, penalty: float,
+                            max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (D, C) and bias (C,) minimising mean cross-entropy + penalty * |W|^2
+    (full-batch L-BFGS; the problem is convex, so the result does not depend on a seed)."""
+    x = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    weight = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + penalty * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach().numpy(), bias.detach().numpy()
+
+
+class Standardizer:
+    """Per-dimension z-scores with the training set's statistics, so that one grid of
+    penalties suits every model's embedding scale."""
+
+    def __init__(self, features: np.ndarray) -> None:
+        self.mean = features.mean(axis=0)
+        self.std = features.std(axis=0) + 1e-8
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return (features - self.mean) / self.std
+
+
+def select_penalty(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0,
+                   penalties: Sequence[float] = PENALTIES) -> float:
+    """The penalty with the best accuracy on a stratified held-out quarter (ties: the larger)."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        held[members[:len(members) // 4]] = True
+    if not held.any() or held.all():
+        return float(penalties[len(penalties) // 2])
+    fit, val = ~held, held
+    scale = Standardizer(features[fit])
+    best, best_accuracy = penalties[0], -1.0
+    for penalty in penalties:
+        weight, bias = fit_logistic_regression(scale(features[fit]), labels[fit], num_classes, penalty)
+        accuracy = top_k_accuracy(scale(features[val]) @ weight + bias, labels[val], 1)
+        if accuracy >= best_accuracy:
+            best, best_accuracy = penalty, accuracy
+    return float(best)
+
+
+def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
+                 penalty: float) -> np.ndarray:
+    scale = Standardizer(train_x)
+    weight, bias = fit_logistic_regression(scale(train_x), train_y, num_classes, penalty)
+    return scale(test_x) @ weight + bias
+
+
+def few_shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """`shots` training images of every class (fewer if a class has fewer)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)])
+
+
+def evaluate_linear_probe(model: DualEncoder, transform: ImageTransform, train: PairSet, test: PairSet,
+                          shots: Sequence[int] = (), repeats: int = 3, batch_size: int = 128, num_workers: int = 0,
+                          dtype: torch.dtype | None = None, progress: Progress | None = None) -> Evaluation:
+    if not train.class_names or not test.class_names:
+        raise DataError("a linear probe needs labelled images (class folders or a classes table) for both "
+                        "training and testing")
+    if train.class_names != test.class_names:
+        raise DataError(f"the training data has classes {train.class_names[:5]}... and the test data "
+                        f"{test.class_names[:5]}...: they must have the same classes")
+    start = time.perf_counter()
+    num_classes = len(train.class_names)
+    train_images, test_images = (embed_images(model, [r.image for r in s.records], transform, batch_size,
+                                              num_workers, dtype, progress) for s in (train, test))
+    train_x, test_x = train_images.embeds, test_images.embeds
+    train_y = np.array([train.records[i].group for i in train_images.kept])
+    test_y = np.array([test.records[i].group for i in test_images.kept])
+    penalty = select_penalty(train_x, train_y, num_classes)
+    scores = probe_scores(train_x, train_y, test_x, num_classes, penalty)
+    metrics = {"top1": 100.0 * top_k_accuracy(scores, test_y, 1)}
+    if num_classes >= 5:
+        metrics["top5"] = 100.0 * top_k_accuracy(scores, test_y, 5)
+    metrics["balanced_accuracy"] = 100.0 * balanced_accuracy(scores, test_y)
+    curve: dict[str, list[float]] = {"shots": [], "mean": [], "std": []}
+    for k in shots:
+        accuracies = [100.0 * top_k_accuracy(
+            probe_scores(train_x[idx], train_y[idx], test_x, num_classes, penalty), test_y, 1)
+            for idx in (few_shot_indices(train_y, k, seed) for seed in range(repeats))]
+        metrics[f"top1_{k}shot"] = float(np.mean(accuracies))
+        metrics[f"top1_{k}shot_std"] = float(np.std(accuracies))
+        for key, value in (("shots", k), ("mean", np.mean(accuracies)), ("std", np.std(accuracies))):
+            curve[key].append(float(value))
+    plots = [Plot("few_shot", "Linear probe accuracy by training images per class",
+                  {**curve, "full": metrics["top1"]})] if shots else []
+    return Evaluation(
+        task="linear-probe", metrics=metrics, primary_metric=PRIMARY_METRIC,
+        info={"train": train.name, "test": test.name, "train_images": len(train_y), "test_images": len(test_y),
+              "classes": num_classes, "penalty": penalty, "repeats": repeats,
+              "seconds": round(time.perf_counter() - start, 1)},
+        skipped=train_images.skipped + test_images.skipped, plots=plots)
+
+
+def split_by_hash(data: PairSet, test_fraction: float = 0.2) -> tuple[PairSet, PairSet]:
+    """A fixed train/test split of one labelled set (by a hash of each image's key), for
+    users with a single folder."""
+    import zlib
+
+    def is_test(key: str) -> bool:
+        return zlib.crc32(key.encode()) % 1000 < test_fraction * 1000
+
+    parts = []
+    for test in (False, True):
+        records = [r for r in data.records if is_test(r.key or r.image.name) == test]
+        parts.append(PairSet(records, f"{data.name} ({'test' if test else 'train'} {test_fraction:.0%} split)"
+                             if test else f"{data.name} (train split)", class_names=data.class_names,
+                             class_synonyms=data.class_synonyms))
+    if not parts[0].records or not parts[1].records:
+        raise DataError(f"{data.name}: too few images to split into training and test parts")
+    return parts[0], parts[1]
