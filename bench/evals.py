@@ -1,0 +1,53 @@
+"""Collect the standard-protocol reports of scripts/run_evals.sh (evals/*/result.json)
+into bench/results/evals.json and print the quality tables of BENCHMARKS.md.
+
+    bash scripts/run_recipes.sh && bash scripts/run_evals.sh && python bench/evals.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common import write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    results = {}
+    for result_file in sorted((ROOT / "evals").glob("*/result.json")):
+        result = json.loads(result_file.read_text())
+        results[result_file.parent.name] = {"task": result["task"], "metrics": result["metrics"],
+                                            "model": result["info"]["model"], "model_id": result["info"]["model_id"],
+                                            "data": result["info"]["data_spec"], "commit": result["info"].get("commit"),
+                                            "date": result["info"]["date"]}
+    write_result("evals", results)
+    print("| model (run) | text→image R@1 / R@5 / R@10 | image→text R@1 / R@5 / R@10 | median rank t→i / i→t |")
+    print("|---|---|---|---|")
+    for r in results.values():
+        if r["task"] != "retrieval":
+            continue
+        m = r["metrics"]
+        print(f"| `{_run(r)}` on {Path(r['data']).stem} | {m['t2i_r1']:.1f} / {m['t2i_r5']:.1f} / {m['t2i_r10']:.1f} | "
+              f"{m['i2t_r1']:.1f} / {m['i2t_r5']:.1f} / {m['i2t_r10']:.1f} | "
+              f"{m['t2i_median_rank']:.0f} / {m['i2t_median_rank']:.0f} |")
+    print()
+    print("| model (run) | CIFAR-10 top-1 | CIFAR-10 top-1, 8-prompt ensemble | Tiny ImageNet top-1 / top-5 |")
+    print("|---|---|---|---|")
+    runs = sorted({_run(r) for r in results.values() if r["task"] == "zeroshot"})
+    for run in runs:
+        def metric(suffix: str, key: str, run: str = run) -> str:
+            r = results.get(f"zeroshot-{run}-{suffix}")
+            return f"{r['metrics'][key]:.1f}" if r else "-"
+        print(f"| `{run}` | {metric('cifar10', 'top1')} | {metric('cifar10-ensemble', 'top1')} | "
+              f"{metric('tinyimagenet', 'top1')} / {metric('tinyimagenet', 'top5')} |")
+
+
+def _run(result: dict) -> str:
+    model = Path(result["model"])
+    return model.parent.name if model.name == "model" else model.name
+
+
+if __name__ == "__main__":
+    main()
