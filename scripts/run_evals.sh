@@ -21,4 +21,5 @@ for run in "${runs[@]}"; do
   $pm eval zeroshot "$model" recipes/eval/cifar10-test.toml --template ensemble \
     --out "evals/zeroshot-$run-cifar10-ensemble"
   $pm eval zeroshot "$model" recipes/eval/tinyimagenet-val.toml --no-synonyms --out "evals/zeroshot-$run-tinyimagenet"
+  $pm eval weat "$model" all --out "evals/weat-$run"
 done

@@ -33,7 +33,7 @@ class Labelled:
     file: str
     label: str  # the best class, UNKNOWN below the threshold, "" when unreadable
     score: float  # cosine similarity to the best class
-    probability: float  # softmax over the classes at the model's temperature
+    probability: float  # softmax over the classes at the model's temperature (sigmoid for SigLIP models)
     top: list[tuple[str, float]]  # the k best classes with their similarities
     error: str = ""  # why an image could not be read
 
@@ -79,9 +79,13 @@ def classify_folder(model: DualEncoder, tokenizer: Tokenizer, transform: ImageTr
     except DataError:  # every file unreadable: still report each one
         return [Labelled(str(f), "", float("nan"), float("nan"), [], "unreadable image") for f in files]
     scores = images.embeds @ classes.T
-    logits = float(model.logit_params()[0].detach()) * scores
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    scale, bias = model.logit_params()
+    logits = float(scale.detach()) * scores
+    if bias is not None:  # SigLIP: each class is an independent yes/no
+        probabilities = 1.0 / (1.0 + np.exp(-(logits + float(bias.detach()))))
+    else:
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
     rows: dict[int, Labelled] = {}
     for row, i in enumerate(images.kept):
         order = np.argsort(-scores[row], kind="stable")[:top_k]

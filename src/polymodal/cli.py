@@ -188,7 +188,9 @@ def eval_zeroshot(
     model: ModelArg, data: DataArg, out: OutOpt = None,
     template: Annotated[list[str] | None, typer.Option(
         help="Prompt template with {} for the class name (repeatable), or 'default' / 'ensemble'.")] = None,
-    synonyms: Annotated[bool, typer.Option(help="Average over class-name synonyms where the data has them.")] = True,
+    synonyms: Annotated[bool, typer.Option(
+        help="Also average over class-name synonyms where the data has them (the standard protocols use the "
+             "name alone).")] = False,
     batch_size: BatchOpt = 128, workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
 ) -> None:
     """Zero-shot classification of labelled images: top-1/5, balanced accuracy, confusion matrix."""
@@ -217,7 +219,8 @@ def eval_linear_probe(
 
 @eval_app.command("weat")
 def eval_weat(
-    model: ModelArg,
+    model: Annotated[str, typer.Argument(
+        help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")] = "",
     tests: Annotated[str, typer.Argument(help="'all', built-in test names (comma-separated), or a JSON file.")] = "all",
     out: OutOpt = None,
     sentences: Annotated[bool, typer.Option(help="SEAT: put words in bleached sentences ('This is a rose.').")] = False,
@@ -235,6 +238,8 @@ def eval_weat(
             table.add_row(*row)
         console.print(table)
         return
+    if not model:
+        raise PolymodalError("eval weat needs a MODEL (or --list)")
     _run_eval("weat", model, "", out, 128, 0, precision, plots, tests=tests, sentences=sentences,
               max_partitions=partitions, seed=seed)
 
@@ -247,8 +252,9 @@ def classify(
         help="Class names, comma-separated, or a .txt file with one per line (repeatable).")],
     out: Annotated[Path, typer.Option(help="Where to write the labels: a .csv or .json file.")] = Path("labels.csv"),
     threshold: Annotated[float | None, typer.Option(
-        help="Label an image 'unknown' when its best cosine similarity is below this "
-             "(`polymodal eval zeroshot` suggests one).")] = None,
+        help="Label an image 'unknown' when its best cosine similarity is below this. `polymodal eval "
+             "zeroshot` on labelled images of the same kind suggests one (it separates true-class from "
+             "other-class similarities, so about 100 - TPR % of known images also fall below it).")] = None,
     template: Annotated[list[str] | None, typer.Option(help="Prompt template(s) with {}, or 'ensemble'.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Best classes listed per image.")] = 3,
     batch_size: BatchOpt = 128,

@@ -105,7 +105,7 @@ def test_eval_weat_with_a_users_test_file(model_dir: Path, tmp_path: Path) -> No
     row = saved["tables"]["Association tests (d > 0: X is closer to A than Y is)"][0]
     # 3 words x 8 sentences per set: C(48, 24) splits are too many to enumerate, so 1000 are sampled
     assert row["kind"] == "SEAT" and row["partitions"] == "1000 sampled" and row["X"] == "round (24)"
-    listing = runner.invoke(app, ["eval", "weat", str(model_dir), "--list"], env=ENV)
+    listing = runner.invoke(app, ["eval", "weat", "--list"], env=ENV)
     assert "weat1-flowers-insects" in listing.output and "ieat-emoji-skin-tone" in listing.output
 
 

@@ -40,14 +40,14 @@ def test_strong_association_has_large_effect_and_p_near_zero() -> None:
     # Perfectly separated associations: d approaches 2 sqrt((n - 1) / n) for 2n = 16 words.
     assert 1.8 < result.effect_size <= 2 * np.sqrt(15 / 16) + 1e-9
     assert result.exact and result.partitions == 12870  # C(16, 8)
-    assert result.p_value == 0.0
+    assert result.p_value == 1 / 12870  # only the observed split is as extreme
 
 
 def test_reversed_targets_give_p_near_one() -> None:
     x, y, a, b = _biased_sets(8, np.random.default_rng(1))
     result = association_test(y, x, a, b)
     assert result.effect_size < -1.8
-    assert result.p_value == pytest.approx(12869 / 12870)  # every other split is larger
+    assert result.p_value == 1.0  # every split is at least as large
 
 
 def test_no_association_has_p_in_the_middle() -> None:
@@ -64,6 +64,21 @@ def test_large_sets_are_sampled_with_the_plus_one_correction() -> None:
     assert test.p_value == pytest.approx(1 / 1001)
     again = permutation_p_value(s_x + 0.01 * np.arange(20), s_y, max_partitions=1000, seed=3)
     assert again.p_value == pytest.approx(1 / 1001)
+
+
+def test_ties_count_the_same_in_float32_and_float64() -> None:
+    # Repeated values make many partition sums equal in exact arithmetic: the exact
+    # p-value must not depend on rounding: of C(6, 3) = 20 splits, 8 tie with the observed
+    # sum (one each of 0.1, 0.2, 0.3) and 6 of the other 12 exceed it: p = 14/20.
+    s_x, s_y = np.array([0.1, 0.2, 0.3]), np.array([0.1, 0.2, 0.3])
+    for dtype in (np.float32, np.float64):
+        assert permutation_p_value(s_x.astype(dtype), s_y.astype(dtype)).p_value == pytest.approx(14 / 20)
+
+
+def test_non_finite_embeddings_are_an_error() -> None:
+    two = _unit([1, 0], [0, 1])
+    with pytest.raises(DataError, match="NaN"):
+        association_test(np.full((2, 2), np.nan), two, two, two)
 
 
 def test_too_small_sets_are_an_error() -> None:

@@ -160,11 +160,22 @@ def test_linear_probe_on_separable_features(tmp_path: Path) -> None:
     assert evaluation.plots[0].data["shots"] == [1, 2]
 
 
-def test_linear_probe_checks_classes_match(tmp_path: Path) -> None:
-    train = class_folders(tmp_path / "train", {"red": ["red"], "blue": ["blue"]})
-    test = class_folders(tmp_path / "test", {"red": ["red"], "green": ["green"]})
-    with pytest.raises(DataError, match="same classes"):
-        evaluate_linear_probe(MODEL, TRANSFORM, train, test)
+def test_linear_probe_matches_classes_by_name(tmp_path: Path) -> None:
+    train = class_folders(tmp_path / "train", {c: [c] * 3 for c in RGB})
+    only_blue = class_folders(tmp_path / "blue-only", {"blue": ["blue", "blue"]})  # its class 0 is train's class 0
+    only_red = class_folders(tmp_path / "red-only", {"red": ["red", "red"]})  # ... but here class 0 is red
+    assert evaluate_linear_probe(MODEL, TRANSFORM, train, only_blue).metrics["top1"] == 100.0
+    assert evaluate_linear_probe(MODEL, TRANSFORM, train, only_red).metrics["top1"] == 100.0
+    unknown = class_folders(tmp_path / "test", {"red": ["red"], "purple": ["blue"]})
+    with pytest.raises(DataError, match="lacks: \\['purple'\\]"):
+        evaluate_linear_probe(MODEL, TRANSFORM, train, unknown)
+
+
+def test_classes_missing_from_training_are_never_predicted() -> None:
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    weight, bias = fit_logistic_regression(features, np.array([0, 0, 2, 2]), 3, penalty=1e-3)
+    assert np.isneginf(bias[1]) and np.isfinite(bias[[0, 2]]).all()
+    assert ((features @ weight + bias).argmax(axis=1) == [0, 0, 2, 2]).all()
 
 
 def test_few_shot_and_hash_split(tmp_path: Path) -> None:
@@ -192,9 +203,9 @@ def test_image_association_test_from_folders(tmp_path: Path) -> None:
     (tmp_path / "tests.json").write_text(json.dumps(spec))
     evaluation = evaluate_association(MODEL, TOKENIZER, TRANSFORM, load_tests(str(tmp_path / "tests.json")))
     # s = +1 for every red image, -1 for every blue one: d = 2 sqrt(7/8); the observed
-    # split is the only one with the largest statistic of C(8, 4) = 70, so p = 0.
+    # split is the only one of C(8, 4) = 70 with the largest statistic, so p = 1/70.
     assert evaluation.metrics["colour_effect_size"] == pytest.approx(2 * np.sqrt(7 / 8))
-    assert evaluation.metrics["colour_p_value"] == 0.0
+    assert evaluation.metrics["colour_p_value"] == 1 / 70
     row = evaluation.tables["Association tests (d > 0: X is closer to A than Y is)"][0]
     assert row["kind"] == "iEAT" and row["partitions"] == "70"
 
@@ -236,3 +247,26 @@ def test_report_holds_the_numbers_of_the_json_result(tmp_path: Path) -> None:
         assert f"({plot}.png)" in text
         with Image.open(tmp_path / "out" / f"{plot}.png") as image:
             assert image.format == "PNG" and image.width > 100
+
+
+def test_a_failing_plot_keeps_the_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import polymodal.eval.plots as plots
+    from polymodal.eval.report import Evaluation, Plot
+
+    def broken(plot: Plot, path: Path) -> None:
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(plots, "draw", broken)
+    evaluation = Evaluation("retrieval", {"mean_recall": 12.5, "odd": float("nan")}, "mean_recall",
+                            plots=[Plot("recall_curve", "Recall@K", {})])
+    with pytest.warns(UserWarning, match="could not draw recall_curve.png: no fonts"):
+        report = write_report(evaluation, tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["metrics"] == {"mean_recall": 12.5, "odd": None}  # JSON has no NaN
+    assert "recall_curve.png" not in report.read_text()
+
+
+def test_retrieval_needs_two_groups(tmp_path: Path) -> None:
+    records = [PairRecord(ImageRef(str(solid(tmp_path / "a.png", "red"))), ("red",), group=0)]
+    with pytest.raises(DataError, match="at least two images"):
+        evaluate_retrieval(MODEL, TOKENIZER, TRANSFORM, PairSet(records, "one"))

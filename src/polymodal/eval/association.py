@@ -51,7 +51,10 @@ _CHUNK = 2000  # sampled partitions handled per numpy step
 
 
 def differential_association(targets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """s(w, A, B) for every row w of `targets`; rows are L2-normalised embeddings."""
+    """s(w, A, B) for every row w of `targets`; rows are L2-normalised embeddings.
+    Computed in float64: the permutation test compares sums of these that are equal in
+    exact arithmetic, and float32 rounding would break such ties at random."""
+    targets, a, b = (np.asarray(m, dtype=np.float64) for m in (targets, a, b))
     return (targets @ a.T).mean(axis=1) - (targets @ b.T).mean(axis=1)
 
 
@@ -70,31 +73,33 @@ class PermutationTest:
 
 def permutation_p_value(s_x: np.ndarray, s_y: np.ndarray, max_partitions: int = 100_000,
                         seed: int = 0) -> PermutationTest:
-    """One-sided: P(statistic of a random equal-size re-partition > the observed one).
+    """One-sided: P(statistic of a random equal-size re-partition >= the observed one).
 
-    Exact over all C(|X|+|Y|, |X|) partitions when that is at most `max_partitions`;
-    otherwise over `max_partitions` random ones, with the +1 correction that keeps a
-    sampled p-value from being 0 (Phipson & Smyth 2010).
+    Exact over all C(|X|+|Y|, |X|) partitions when that is at most `max_partitions`
+    (the observed partition is one of them, so p >= 1 / C); otherwise over
+    `max_partitions` random ones as (b + 1) / (m + 1) (Phipson & Smyth 2010). Both are
+    valid p-values of the same test, and neither can be 0.
     """
-    values = np.concatenate([s_x, s_y])
+    values = np.concatenate([s_x, s_y]).astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DataError("association test: the embeddings contain NaN or infinite values")
     n, size = len(values), len(s_x)
-    observed = s_x.sum()
+    observed = values[:size].sum()
     # sum_Xi s - sum_Yi s = 2 sum_Xi s - total, so comparing sum_Xi s suffices; the
-    # tolerance keeps rounding from counting a mathematically equal partition as larger.
-    tolerance = 1e-9 * max(1.0, float(np.abs(values).sum()))
+    # tolerance keeps rounding from splitting partitions whose sums are equal.
+    threshold = observed - 1e-9 * max(1.0, float(np.abs(values).sum()))
     total = comb(n, size)
     if total <= max_partitions:
-        greater = sum(int((values[list(c)].sum(axis=1) > observed + tolerance).sum())
-                      for c in _combination_chunks(n, size))
-        return PermutationTest(greater / total, total, True)
+        at_least = sum(int((values[list(c)].sum(axis=1) >= threshold).sum()) for c in _combination_chunks(n, size))
+        return PermutationTest(at_least / total, total, True)
     rng = np.random.default_rng(seed)
-    greater, done = 0, 0
+    at_least, done = 0, 0
     while done < max_partitions:
         count = min(_CHUNK, max_partitions - done)
         chosen = rng.random((count, n)).argsort(axis=1)[:, :size]
-        greater += int((values[chosen].sum(axis=1) > observed + tolerance).sum())
+        at_least += int((values[chosen].sum(axis=1) >= threshold).sum())
         done += count
-    return PermutationTest((greater + 1) / (max_partitions + 1), max_partitions, False)
+    return PermutationTest((at_least + 1) / (max_partitions + 1), max_partitions, False)
 
 
 def _combination_chunks(n: int, size: int) -> Iterator[list[tuple[int, ...]]]:
@@ -122,6 +127,9 @@ def association_test(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
     for name, rows in (("X", x), ("Y", y), ("A", a), ("B", b)):
         if len(rows) < 2:
             raise DataError(f"association test: set {name} needs at least 2 members, got {len(rows)}")
+        if not np.isfinite(rows).all():
+            raise DataError(f"association test: the embeddings of set {name} contain NaN or infinite values "
+                            "(a diverged model, or bf16 overflow: try --precision fp32)")
     s_x, s_y = differential_association(x, a, b), differential_association(y, a, b)
     test = permutation_p_value(s_x, s_y, max_partitions, seed)
     return AssociationResult(effect_size(s_x, s_y), test.p_value, test.partitions, test.exact)
@@ -276,6 +284,9 @@ def evaluate_association(model: DualEncoder, tokenizer: Tokenizer, transform: Im
     embed = _Embedder(model, tokenizer, transform, sentences, dtype, emoji_root, progress)
     metrics: dict[str, float] = {}
     rows = []
+    reserved = PRIMARY_METRIC.removesuffix("_effect_size")
+    if reserved in tests:
+        raise DataError(f"a test may not be named {reserved!r}: {PRIMARY_METRIC} is the summary metric")
     for name, test in tests.items():
         x, y, a, b = (embed(t) for t in (test.x, test.y, test.a, test.b))
         result = association_test(x, y, a, b, max_partitions, seed)

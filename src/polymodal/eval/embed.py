@@ -71,7 +71,15 @@ def embed_images(model: DualEncoder, refs: Sequence[ImageRef], transform: ImageT
             progress(done, len(refs))
     if not embeds:
         raise DataError(f"none of the {len(refs)} images could be read, e.g. {skipped[0][0]}: {skipped[0][1]}")
-    return EmbeddedImages(torch.cat(embeds).numpy(), np.array(kept), skipped)
+    out = torch.cat(embeds)
+    check_finite(out, "image")
+    return EmbeddedImages(out.numpy(), np.array(kept), skipped)
+
+
+def check_finite(embeds: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(embeds).all():
+        raise DataError(f"the model produced NaN or infinite {what} embeddings (a diverged model, or bf16 "
+                        "overflow: try --precision fp32)")
 
 
 @dataclass
@@ -95,5 +103,6 @@ def embed_pair_set(model: DualEncoder, tokenizer: Tokenizer, pairs: PairSet, tra
     texts = [c for r in used for c in r.captions]
     text_groups = np.array([r.group for r in used for _ in r.captions])
     text_embeds = embed_texts(model, tokenizer, texts, batch_size=256, dtype=dtype, cache=text_cache)
+    check_finite(text_embeds, "text")
     return EmbeddedPairs(images.embeds, text_embeds.cpu().numpy(), np.array([r.group for r in used]), text_groups,
                          [r.key for r in used], texts, images.skipped)

@@ -44,6 +44,8 @@ class Ranking:
             raise ValueError(f"every query needs at least one positive (query {int(np.argmin(self.num_positives))} "
                              "has none)")
         self.num_queries, self.num_items = scores.shape
+        if self.num_queries == 0 or self.num_items == 0:
+            raise ValueError(f"nothing to rank: {self.num_queries} queries x {self.num_items} items")
         chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, self.num_items))
         parts = [_positive_blocks(scores[i:i + chunk], positives[i:i + chunk], i)
                  for i in range(0, self.num_queries, chunk)]

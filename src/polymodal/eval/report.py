@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,17 +95,33 @@ def write_report(evaluation: Evaluation, out: str | Path, plots: bool = True) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     evaluation.info = {**provenance(), **evaluation.info}
+    # The numbers first: a plotting failure must not lose a long evaluation.
+    _write_atomic(out / "result.json", json.dumps(_finite(evaluation.to_json()), indent=2, allow_nan=False,
+                                                  default=_json_default) + "\n")
     written = []
     if plots:
         from polymodal.eval.plots import draw
 
         for plot in evaluation.plots:
-            draw(plot, out / plot.file_name)
-            written.append(plot)
-    _write_atomic(out / "result.json", json.dumps(evaluation.to_json(), indent=2, default=_json_default) + "\n")
+            try:
+                draw(plot, out / plot.file_name)
+                written.append(plot)
+            except Exception as err:  # noqa: BLE001 - any matplotlib failure only costs the figure
+                warnings.warn(f"could not draw {plot.file_name}: {err}", stacklevel=2)
     report = out / "report.md"
     _write_atomic(report, _markdown(evaluation, written))
     return report
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -134,7 +151,8 @@ def _markdown(evaluation: Evaluation, plots: list[Plot]) -> str:
         names = [n for n in names if n in evaluation.metrics]
         if not names:
             continue
-        lines += [f"## {title}", "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+        lines += [f"## {format_value(title)}", "", "| " + " | ".join(map(format_value, names)) + " |",
+                  "|" + "---|" * len(names),
                   "| " + " | ".join(format_value(evaluation.metrics[n]) for n in names) + " |", ""]
     for plot in plots:
         lines += [f"## {plot.title}", "", f"![{plot.title}]({plot.file_name})", ""]
@@ -142,7 +160,8 @@ def _markdown(evaluation: Evaluation, plots: list[Plot]) -> str:
         if not rows:
             continue
         columns = list(rows[0])
-        lines += [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += [f"## {title}", "", "| " + " | ".join(map(format_value, columns)) + " |",
+                  "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(format_value(row[c]) for c in columns) + " |" for row in rows]
         lines.append("")
     if evaluation.skipped:

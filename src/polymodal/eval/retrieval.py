@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from polymodal.data.records import PairSet
+from polymodal.errors import DataError
 from polymodal.eval.embed import Progress, embed_pair_set
 from polymodal.eval.metrics import Ranking, suggest_threshold
 from polymodal.eval.report import Evaluation, Plot, sample_values
@@ -84,6 +85,8 @@ def evaluate_retrieval(model: DualEncoder, tokenizer: Tokenizer, transform: Imag
                                             embedded.text_groups)
     metrics = _metrics(rankings)
     matched, unmatched = scores[positives], scores[~positives]
+    if not unmatched.size:
+        raise DataError(f"{pairs.name}: retrieval needs at least two images of different groups")
     threshold = suggest_threshold(matched, unmatched)
     metrics["threshold"] = threshold.threshold
     metrics["threshold_tpr"] = 100.0 * threshold.true_positive_rate

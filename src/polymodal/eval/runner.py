@@ -118,7 +118,7 @@ def _evaluate(task: str, loaded: LoadedModel, data_spec: str, common: dict[str, 
 
         templates = resolve_templates(settings.get("templates") or DEFAULT_TEMPLATES)
         return evaluate_zeroshot(loaded.model, loaded.tokenizer, loaded.transform, load_data(data_spec),
-                                 templates=templates, synonyms=settings.get("synonyms", True), **common)
+                                 templates=templates, synonyms=settings.get("synonyms", False), **common)
     if task == "linear-probe":
         from polymodal.eval.linear_probe import evaluate_linear_probe, split_by_hash
 

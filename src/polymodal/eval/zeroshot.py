@@ -61,6 +61,7 @@ def class_embeddings(model: DualEncoder, tokenizer: Tokenizer, class_names: Sequ
     counts = [len(names) * len(templates) for names in class_names]
     if min(counts, default=0) == 0:
         raise DataError("every class needs at least one name")
+    model.eval()
     embeds = embed_texts(model, tokenizer, texts, dtype=dtype)
     owner = torch.repeat_interleave(torch.arange(len(class_names)), torch.tensor(counts))
     summed = torch.zeros(len(class_names), embeds.shape[1]).index_add_(0, owner, embeds.cpu())
@@ -79,13 +80,16 @@ def zeroshot_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 
 def evaluate_zeroshot(model: DualEncoder, tokenizer: Tokenizer, transform: ImageTransform, data: PairSet,
-                      templates: Sequence[str] = DEFAULT_TEMPLATES, synonyms: bool = True, batch_size: int = 128,
+                      templates: Sequence[str] = DEFAULT_TEMPLATES, synonyms: bool = False, batch_size: int = 128,
                       num_workers: int = 0, dtype: torch.dtype | None = None,
                       progress: Progress | None = None) -> Evaluation:
     """Top-1/top-5 and balanced accuracy over a labelled set (class folders or a label table)."""
     if not data.class_names:
         raise DataError(f"{data.name}: zero-shot needs labelled images (class folders or a classes table), "
                         "not captions")
+    if len(data.class_names) < 2:
+        raise DataError(f"{data.name}: zero-shot classification needs at least two classes, got "
+                        f"{data.class_names}")
     start = time.perf_counter()
     names = [(name, *(data.class_synonyms[c] if synonyms and data.class_synonyms else ()))
              for c, name in enumerate(data.class_names)]
