@@ -13,7 +13,14 @@ from pathlib import Path
 from common import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ("emoji-twitter", "flickr8k", "tinyimagenet-pretrain", "flickr8k-from-tinyimagenet", "flickr8k-scratch-text")
+RECIPES = ("emoji-twitter", "flickr8k", "tinyimagenet-pretrain", "flickr8k-from-tinyimagenet", "flickr8k-scratch-text",
+           "flickr8k-p16", "tinyimagenet-pretrain-p16", "flickr8k-p16-from-tinyimagenet")
+# Runs made with --set from a recipe (run folder -> how), e.g. the objectives comparison.
+VARIANTS = {f"loss-{kind}": f"flickr8k-p16, 10 epochs, loss.kind={kind}"
+            for kind in ("clip", "siglip", "triplet", "vsepp")} | {
+    "exp-flickr-resnet": "flickr8k, model.preset=resnet-small-64-minilm, train.max_minutes=16",
+    "exp-flickr-tin-30ep": "flickr8k-from-tinyimagenet, train.epochs=30",
+    "emoji-google": "emoji-twitter, data.image_column=files.google, val.image_column=files.twitter"}
 
 
 def main() -> None:
@@ -24,8 +31,8 @@ def main() -> None:
             name, seconds, _ = line.split()
             walls[name] = int(seconds)
     results = {}
-    for recipe in RECIPES:
-        summary_file = ROOT / "runs" / _output(recipe) / "summary.json"
+    for recipe in (*RECIPES, *VARIANTS):
+        summary_file = ROOT / "runs" / (recipe if recipe in VARIANTS else _output(recipe)) / "summary.json"
         if not summary_file.is_file():
             continue
         summary = json.loads(summary_file.read_text())
@@ -39,7 +46,8 @@ def main() -> None:
     for recipe, r in results.items():
         m = r["metrics"]
         wall = f"{r['wall_seconds'] / 60:.1f} min" if r["wall_seconds"] else "-"
-        print(f"| `{recipe}` | {r['steps']} | {wall} | {m['t2i_r1']:.1f} / {m['t2i_r5']:.1f} / {m['t2i_r10']:.1f} | "
+        name = f"`{recipe}`" + (f" ({VARIANTS[recipe]})" if recipe in VARIANTS else "")
+        print(f"| {name} | {r['steps']} | {wall} | {m['t2i_r1']:.1f} / {m['t2i_r5']:.1f} / {m['t2i_r10']:.1f} | "
               f"{m['i2t_r1']:.1f} / {m['i2t_r5']:.1f} / {m['i2t_r10']:.1f} | "
               f"{m['t2i_median_rank']:.0f} / {m['i2t_median_rank']:.0f} |")
 

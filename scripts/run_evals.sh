@@ -12,8 +12,15 @@ fi
 pm=.venv/bin/polymodal
 for run in "${runs[@]}"; do
   model="runs/$run/model"
-  if [[ "$run" == emoji* ]]; then
+  if [[ "$run" == emoji-twitter ]]; then  # trained on Twitter drawings: tested on Google ones
     $pm eval retrieval "$model" recipes/eval/emoji-google-base.toml --out "evals/retrieval-$run-emoji-google"
+    continue
+  fi
+  if [[ "$run" == emoji-google ]]; then  # the reverse
+    $pm eval retrieval "$model" recipes/eval/emoji-twitter-base.toml --out "evals/retrieval-$run-emoji-twitter"
+    continue
+  fi
+  if [[ "$run" == loss-* || "$run" == exp-* ]]; then  # comparisons are made on dev, in training
     continue
   fi
   $pm eval retrieval "$model" recipes/eval/flickr8k-test.toml --out "evals/retrieval-$run-flickr8k-test"
