@@ -14,7 +14,7 @@ from common import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ("emoji-twitter", "flickr8k", "tinyimagenet-pretrain", "flickr8k-from-tinyimagenet", "flickr8k-scratch-text",
-           "flickr8k-p16", "tinyimagenet-pretrain-p16", "flickr8k-p16-from-tinyimagenet")
+           "flickr8k-p16")
 # Runs made with --set from a recipe (run folder -> how), e.g. the objectives comparison.
 VARIANTS = {f"loss-{kind}": f"flickr8k-p16, 10 epochs, loss.kind={kind}"
             for kind in ("clip", "siglip", "triplet", "vsepp")} | {
