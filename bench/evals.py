@@ -44,6 +44,27 @@ def main() -> None:
               f"{metric('tinyimagenet', 'top1')} / {metric('tinyimagenet', 'top5')} |")
 
 
+    weat = {_run(r): r["metrics"] for r in results.values() if r["task"] == "weat"}
+    if weat:
+        runs = sorted(weat)
+        tests = [k.removesuffix("_effect_size") for k in weat[runs[0]] if k.endswith("_effect_size")
+                 and k != "mean_abs_effect_size"]
+        print()
+        print("| test | " + " | ".join(f"`{run}` d (p)" for run in runs) + " |")
+        print("|---|" + "---|" * len(runs))
+        for test in tests:
+            cells = [f"{weat[run][f'{test}_effect_size']:+.2f} ({weat[run][f'{test}_p_value']:.3g})" for run in runs]
+            print(f"| {test} | " + " | ".join(cells) + " |")
+        print("| mean \\|d\\| | " + " | ".join(f"{weat[run]['mean_abs_effect_size']:.2f}" for run in runs) + " |")
+    for r in results.values():
+        if r["task"] == "linear-probe":
+            m = r["metrics"]
+            shots = ", ".join(f"{k.removeprefix('top1_')} {v:.1f}" for k, v in m.items()
+                              if k.startswith("top1_") and not k.endswith("_std"))
+            top5 = m.get("top5", float("nan"))
+            print(f"\nlinear probe `{_run(r)}`: top-1 {m['top1']:.1f}, top-5 {top5:.1f}; {shots}")
+
+
 def _run(result: dict) -> str:
     model = Path(result["model"])
     return model.parent.name if model.name == "model" else model.name

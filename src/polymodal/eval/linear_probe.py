@@ -128,7 +128,10 @@ def evaluate_linear_probe(model: DualEncoder, transform: ImageTransform, train: 
         raise DataError(f"the test data has classes the training data lacks: {unknown[:10]}")
     start = time.perf_counter()
     num_classes = len(train.class_names)
-    to_train_class = np.array([train.class_names.index(name) for name in test.class_names])
+    if test.class_names != train.class_names and len(set(train.class_names)) < len(train.class_names):
+        raise DataError("the training data has repeated class names, so test classes cannot be matched by name")
+    to_train_class = np.array([train.class_names.index(name) for name in test.class_names]) \
+        if test.class_names != train.class_names else np.arange(num_classes)
     device = model_device(model)
     train_images, test_images = (embed_images(model, [r.image for r in s.records], transform, batch_size,
                                               num_workers, dtype, progress) for s in (train, test))
