@@ -37,6 +37,7 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="Images per batch.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Image-decoding processes.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32 or bf16.")]
 PlotsOpt = Annotated[bool, typer.Option(help="Draw the report's plots.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
 
 
 def _version(value: bool) -> None:
@@ -152,14 +153,15 @@ def quickstart(
 
 
 def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: int, workers: int, precision: str,
-              plots: bool, **settings: object) -> None:
+              plots: bool, device: str, **settings: object) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from polymodal.eval.report import format_value
     from polymodal.eval.runner import EvalOptions, run_eval
     if precision not in ("auto", "fp32", "bf16"):
         raise PolymodalError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-    options = EvalOptions(batch_size=batch_size, num_workers=workers, precision=precision, plots=plots)
+    options = EvalOptions(batch_size=batch_size, num_workers=workers, precision=precision, device=device,
+                          plots=plots)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         job = bar.add_task("embedding images", total=None)
@@ -178,9 +180,10 @@ def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: in
 
 @eval_app.command("retrieval")
 def eval_retrieval(model: ModelArg, data: DataArg, out: OutOpt = None, batch_size: BatchOpt = 128,
-                   workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True) -> None:
+                   workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+                   device: DeviceOpt = "") -> None:
     """Image<->text retrieval both ways: R@1/5/10, true recall, mAP, MRR, nDCG@10, ranks, threshold."""
-    _run_eval("retrieval", model, data, out, batch_size, workers, precision, plots)
+    _run_eval("retrieval", model, data, out, batch_size, workers, precision, plots, device)
 
 
 @eval_app.command("zeroshot")
@@ -192,9 +195,10 @@ def eval_zeroshot(
         help="Also average over class-name synonyms where the data has them (the standard protocols use the "
              "name alone).")] = False,
     batch_size: BatchOpt = 128, workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+    device: DeviceOpt = "",
 ) -> None:
     """Zero-shot classification of labelled images: top-1/5, balanced accuracy, confusion matrix."""
-    _run_eval("zeroshot", model, data, out, batch_size, workers, precision, plots, templates=template or [],
+    _run_eval("zeroshot", model, data, out, batch_size, workers, precision, plots, device, templates=template or [],
               synonyms=synonyms)
 
 
@@ -205,6 +209,7 @@ def eval_linear_probe(
     shots: Annotated[str, typer.Option(help="Few-shot sizes, e.g. 1,5,10 (images per class).")] = "",
     repeats: Annotated[int, typer.Option(min=1, help="Random draws per few-shot size.")] = 3,
     batch_size: BatchOpt = 128, workers: WorkersOpt = 0, precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+    device: DeviceOpt = "",
 ) -> None:
     """Logistic regression on frozen image embeddings, on all training images and few-shot."""
     try:
@@ -213,7 +218,7 @@ def eval_linear_probe(
         raise PolymodalError(f"--shots must be comma-separated integers, got {shots!r}") from None
     if any(k < 1 for k in sizes):
         raise PolymodalError("--shots must be positive")
-    _run_eval("linear-probe", model, data, out, batch_size, workers, precision, plots, test=test, shots=sizes,
+    _run_eval("linear-probe", model, data, out, batch_size, workers, precision, plots, device, test=test, shots=sizes,
               repeats=repeats)
 
 
@@ -227,7 +232,7 @@ def eval_weat(
     partitions: Annotated[int, typer.Option(min=100, help="Most re-partitions for the permutation test.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed of sampled re-partitions.")] = 0,
     list_tests: Annotated[bool, typer.Option("--list", help="List the built-in tests and exit.")] = False,
-    precision: PrecisionOpt = "auto", plots: PlotsOpt = True,
+    precision: PrecisionOpt = "auto", plots: PlotsOpt = True, device: DeviceOpt = "",
 ) -> None:
     """Association tests (WEAT/SEAT on words, iEAT on emoji images): effect size and p-value."""
     if list_tests:
@@ -240,7 +245,7 @@ def eval_weat(
         return
     if not model:
         raise PolymodalError("eval weat needs a MODEL (or --list)")
-    _run_eval("weat", model, "", out, 128, 0, precision, plots, tests=tests, sentences=sentences,
+    _run_eval("weat", model, "", out, 128, 0, precision, plots, device, tests=tests, sentences=sentences,
               max_partitions=partitions, seed=seed)
 
 
@@ -258,6 +263,7 @@ def classify(
     template: Annotated[list[str] | None, typer.Option(help="Prompt template(s) with {}, or 'ensemble'.")] = None,
     top_k: Annotated[int, typer.Option(min=1, help="Best classes listed per image.")] = 3,
     batch_size: BatchOpt = 128,
+    device: DeviceOpt = "",
 ) -> None:
     """Label every image of FOLDER with the nearest class name (zero-shot), to CSV or JSON."""
     from polymodal.classify import UNKNOWN, classify_folder, parse_labels, write_rows
@@ -268,7 +274,7 @@ def classify(
     templates = resolve_templates(template or DEFAULT_TEMPLATES)
     if out.suffix not in (".csv", ".json"):
         raise PolymodalError(f"--out {out}: must end in .csv or .json")
-    loaded = load_for_eval(model, EvalOptions())
+    loaded = load_for_eval(model, EvalOptions(device=device))
     rows = classify_folder(loaded.model, loaded.tokenizer, loaded.transform, folder, names, templates, threshold,
                            top_k, batch_size)
     write_rows(rows, out)

@@ -163,6 +163,7 @@ def test_eval_errors_are_one_line(model_dir: Path, tmp_path: Path) -> None:
     for args, message in ((["eval", "retrieval", str(tmp_path / "none"), "emoji"], "no such model directory"),
                           (["eval", "retrieval", str(model_dir), str(tmp_path / "none")], "no such file or folder"),
                           (["eval", "weat", str(model_dir), "weat99"], "unknown association test"),
+                          (["eval", "retrieval", str(model_dir), "emoji", "--device", "gpu"], "unknown device 'gpu'"),
                           (["classify", str(model_dir), str(tmp_path), "--labels", "cat"], "at least two labels")):
         proc = subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True,
                               timeout=120)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from polymodal.checkpoint import read_card
 from polymodal.data.records import PairSet
 from polymodal.data.resolve import resolve_source
@@ -49,6 +51,17 @@ def resolve_model_dir(spec: str) -> Path:
     return path
 
 
+def check_device(name: str) -> torch.device:
+    """A torch device the user named; unknown names and absent GPUs are errors."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {name!r}: CUDA is not available on this machine")
+    return device
+
+
 @dataclass
 class LoadedModel:
     model: DualEncoder
@@ -64,7 +77,7 @@ def load_for_eval(spec: str, options: EvalOptions) -> LoadedModel:
     from polymodal.factory import get_tokenizer, get_transforms, load_model
 
     path = resolve_model_dir(spec)
-    model = load_model(path, device=options.device or None)
+    model = load_model(path, device=check_device(options.device) if options.device else None)
     # a polymodal directory's card holds the id of its weights file; a converted one has none yet
     mid = model_id(model.state_dict()) if is_hf_clip_dir(path) else read_card(path).model_id
     return LoadedModel(model, get_tokenizer(path), get_transforms(model.config), path, mid)
