@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from polymodal.data.records import ImageRef
-from polymodal.data.sources import IMAGE_EXTENSIONS
+from polymodal.data.sources import IMAGE_EXTENSIONS, image_files
 from polymodal.errors import DataError
 from polymodal.eval.embed import Progress, embed_images
 from polymodal.eval.zeroshot import class_embeddings
@@ -59,7 +59,7 @@ def list_images(folder: str | Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{folder}: no such folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(root)
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files

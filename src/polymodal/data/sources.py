@@ -79,6 +79,11 @@ class EmojiSource:
 SourceConfig = CaptionsSource | TarSource | ClassSource | EmojiSource
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under `folder` (recursively, by extension), in path order."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
 # --------------------------------------------------------------------------- loaders
 
 
@@ -179,8 +184,7 @@ def load_classes(cfg: ClassSource) -> PairSet:
         if not root.is_dir():
             raise DataError(f"{root}: no such folder")
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            items += [(f, folder.name) for f in sorted(folder.rglob("*"))
-                      if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+            items += [(f, folder.name) for f in image_files(folder)]
     else:
         table = Path(cfg.labels)
         base = Path(cfg.images) if cfg.images else table.parent

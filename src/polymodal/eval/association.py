@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from polymodal.data.records import ImageRef
-from polymodal.data.sources import IMAGE_EXTENSIONS
+from polymodal.data.sources import image_files
 from polymodal.errors import DataError
 from polymodal.eval.embed import Progress, embed_images
 from polymodal.eval.report import Evaluation, Plot
@@ -252,7 +252,7 @@ def _folder_images(folder: str) -> list[ImageRef]:
     path = Path(folder)
     if not path.is_dir():
         raise DataError(f"{folder}: no such image folder")
-    return [ImageRef(str(p)) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return [ImageRef(str(p)) for p in image_files(path)]
 
 
 class _Embedder:
