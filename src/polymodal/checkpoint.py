@@ -122,6 +122,17 @@ def save_model_dir(
     return mid
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: a reader sees the old file or the new one,
+    never half of it; a failed write leaves no temporary file behind."""
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def fsync(path: Path) -> None:
     """Flush a file or a directory entry to disk, so a rename after it is durable."""
     fd = os.open(path, os.O_RDONLY)

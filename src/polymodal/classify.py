@@ -8,6 +8,7 @@ class names (zero-shot), with scores, and "unknown" below a similarity threshold
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polymodal.checkpoint import write_text_atomic
 from polymodal.data.records import ImageRef
 from polymodal.data.sources import IMAGE_EXTENSIONS, image_files
 from polymodal.errors import DataError
@@ -105,20 +107,20 @@ def write_rows(rows: Sequence[Labelled], out: str | Path) -> None:
     if out.suffix not in (".csv", ".json"):
         raise DataError(f"{out}: the output must end in .csv or .json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".json":
-        tmp.write_text(json.dumps([{"file": r.file, "label": r.label, "score": _finite(r.score),
-                                    "probability": _finite(r.probability),
-                                    "top": [{"label": lab, "score": s} for lab, s in r.top], "error": r.error}
-                                   for r in rows], indent=2) + "\n")
+        text = json.dumps([{"file": r.file, "label": r.label, "score": _finite(r.score),
+                            "probability": _finite(r.probability),
+                            "top": [{"label": lab, "score": s} for lab, s in r.top], "error": r.error}
+                           for r in rows], indent=2) + "\n"
     else:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "label", "score", "probability", "top", "error"])
-            for r in rows:
-                writer.writerow([r.file, r.label, _cell(r.score), _cell(r.probability),
-                                 "; ".join(f"{lab} {s:.4f}" for lab, s in r.top), r.error])
-    tmp.replace(out)
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow(["file", "label", "score", "probability", "top", "error"])
+        for r in rows:
+            writer.writerow([r.file, r.label, _cell(r.score), _cell(r.probability),
+                             "; ".join(f"{lab} {s:.4f}" for lab, s in r.top), r.error])
+        text = buffer.getvalue()
+    write_text_atomic(out, text)
 
 
 def _finite(value: float) -> float | None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from polymodal import __version__
+from polymodal.checkpoint import write_text_atomic
 
 MAX_PLOTTED_VALUES = 20_000  # histogram inputs are sampled down to this many values
 
@@ -96,7 +97,7 @@ def write_report(evaluation: Evaluation, out: str | Path, plots: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     evaluation.info = {**provenance(), **evaluation.info}
     # The numbers first: a plotting failure must not lose a long evaluation.
-    _write_atomic(out / "result.json", json.dumps(_finite(evaluation.to_json()), indent=2, allow_nan=False,
+    write_text_atomic(out / "result.json", json.dumps(_finite(evaluation.to_json()), indent=2, allow_nan=False,
                                                   default=_json_default) + "\n")
     written = []
     if plots:
@@ -109,7 +110,7 @@ def write_report(evaluation: Evaluation, out: str | Path, plots: bool = True) ->
             except Exception as err:  # noqa: BLE001 - any matplotlib failure only costs the figure
                 warnings.warn(f"could not draw {plot.file_name}: {err}", stacklevel=2)
     report = out / "report.md"
-    _write_atomic(report, _markdown(evaluation, written))
+    write_text_atomic(report, _markdown(evaluation, written))
     return report
 
 
@@ -128,12 +129,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _markdown(evaluation: Evaluation, plots: list[Plot]) -> str:
