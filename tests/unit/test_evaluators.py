@@ -27,9 +27,10 @@ from polymodal.eval.report import format_value, write_report
 from polymodal.eval.retrieval import evaluate_retrieval
 from polymodal.eval.zeroshot import class_embeddings, evaluate_zeroshot, resolve_templates
 from polymodal.transforms import ImageTransform
+from tests.helpers import COLOURS
 
 WORDS = ("red", "green", "blue")  # embedding dims 0..2; dim 3 = "no colour"
-RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220)}
+RGB = {colour: COLOURS[colour] for colour in WORDS}
 
 
 class OneHotEncoder(nn.Module):

@@ -33,6 +33,7 @@ import torch
 
 from polymodal.data.records import ImageRef
 from polymodal.data.sources import image_files
+from polymodal.data.tables import read_table
 from polymodal.errors import DataError
 from polymodal.eval.embed import Progress, embed_images
 from polymodal.eval.report import Evaluation, Plot
@@ -239,13 +240,8 @@ def _emoji_images(pattern: str, emoji_root: Path | None) -> list[ImageRef]:
 
     root = ensure_emoji_dataset(emoji_root)
     regex = re.compile(pattern)
-    refs = []
-    with open(root / "captions.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if regex.search(row["name"]):
-                refs.append(ImageRef(str(root / row["image"])))
-    return refs
+    return [ImageRef(str(root / row["image"])) for row in read_table(root / "captions.jsonl")
+            if regex.search(row["name"])]
 
 
 def _folder_images(folder: str) -> list[ImageRef]:

@@ -9,6 +9,7 @@ seeds and reuse that penalty (k images per class leave nothing to validate on).
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -171,8 +172,6 @@ def evaluate_linear_probe(model: DualEncoder, transform: ImageTransform, train: 
 def split_by_hash(data: PairSet, test_fraction: float = 0.2) -> tuple[PairSet, PairSet]:
     """A fixed train/test split of one labelled set (by a hash of each image's key), for
     users with a single folder."""
-    import zlib
-
     def is_test(key: str) -> bool:
         return zlib.crc32(key.encode()) % 1000 < test_fraction * 1000
 
