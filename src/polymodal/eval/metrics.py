@@ -56,6 +56,10 @@ class Ranking:
         _, index = np.unique(self.query[first], return_index=True)
         self._first = np.flatnonzero(first)[index]
 
+    def _first_block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(above, tied, tied_pos) of each query's first positive block."""
+        return self.above[self._first], self.tied[self._first], self.tied_pos[self._first]
+
     def _per_query(self, values: np.ndarray) -> np.ndarray:
         return np.bincount(self.query, weights=values, minlength=self.num_queries)
 
@@ -69,16 +73,14 @@ class Ranking:
         """Probability that some positive is in the top k (the CLIP-paper R@K)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        out = np.empty(self.num_queries)
-        for q, i in enumerate(self._first):
-            above, tied, tied_pos = int(self.above[i]), int(self.tied[i]), int(self.tied_pos[i])
-            room = k - above  # places in the top k left for the first positive block
-            if room <= 0:
-                out[q] = 0.0
-            elif room > tied - tied_pos:
-                out[q] = 1.0
-            else:  # all `room` places go to the block's negatives with this probability
-                out[q] = 1.0 - comb(tied - tied_pos, room) / comb(tied, room)
+        above, tied, tied_pos = self._first_block()
+        # Without negatives tied with it, the first positive sits exactly at above + 1.
+        out = (above < k).astype(np.float64)
+        for q in np.flatnonzero((tied > tied_pos) & (above < k)):
+            room = k - int(above[q])  # places in the top k left for the first positive block
+            negatives = int(tied[q] - tied_pos[q])
+            if room <= negatives:  # all `room` places go to the block's negatives with this probability
+                out[q] = 1.0 - comb(negatives, room) / comb(int(tied[q]), room)
         return out
 
     def true_recall_at(self, k: int) -> np.ndarray:
@@ -91,22 +93,19 @@ class Ranking:
 
     def first_positive_rank(self) -> np.ndarray:
         """Expected 1-based rank of the first positive."""
-        i = self._first
+        above, tied, tied_pos = self._first_block()
         # The first of r positives among n shuffled items sits at (n + 1) / (r + 1) on average.
-        return self.above[i] + (self.tied[i] + 1) / (self.tied_pos[i] + 1)
+        return above + (tied + 1) / (tied_pos + 1)
 
     def reciprocal_rank(self) -> np.ndarray:
         """Expected 1 / rank of the first positive (the mean of this is MRR)."""
-        out = np.empty(self.num_queries)
-        for q, i in enumerate(self._first):
-            above, tied, tied_pos = int(self.above[i]), int(self.tied[i]), int(self.tied_pos[i])
-            if tied == 1:
-                out[q] = 1.0 / (above + 1)
-                continue
-            # P(first positive at block place j) = C(tied - j, tied_pos - 1) / C(tied, tied_pos)
-            total = comb(tied, tied_pos)
-            out[q] = sum(comb(tied - j, tied_pos - 1) / total / (above + j)
-                         for j in range(1, tied - tied_pos + 2))
+        above, tied, tied_pos = self._first_block()
+        out = 1.0 / (above + 1.0)  # exact where no negative ties with the first positive block
+        for q in np.flatnonzero(tied > tied_pos):
+            a, n, r = int(above[q]), int(tied[q]), int(tied_pos[q])
+            # P(first positive at block place j) = C(n - j, r - 1) / C(n, r)
+            total = comb(n, r)
+            out[q] = sum(comb(n - j, r - 1) / total / (a + j) for j in range(1, n - r + 2))
         return out
 
     def average_precision(self) -> np.ndarray:
