@@ -144,6 +144,22 @@ TINY_MODEL = {
 }
 
 
+def save_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny_config() model with a BPE tokenizer over the shapes
+    captions, saved as a model directory at `path`."""
+    import torch
+
+    from polymodal.config import TokenizerConfig
+    from polymodal.factory import save_model
+    from polymodal.models import DualEncoder
+    from polymodal.tokenizer import Tokenizer, train_bpe
+
+    torch.manual_seed(seed)
+    captions = [f"a {c} {s}" for c in COLOURS for s in SHAPES] * 3
+    save_model(DualEncoder(tiny_config()).eval(), Tokenizer(train_bpe(captions, 300), 12, TokenizerConfig()), path)
+    return path
+
+
 def write_train_config(path: Path, data_dir: Path, output: Path, **sections: dict) -> Path:
     """A TOML training config over a shapes dataset made by make_shapes_dataset, with the
     tiny model; `sections` override whole-section keys, e.g. train={"steps": 5}."""

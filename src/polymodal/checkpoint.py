@@ -114,7 +114,7 @@ def save_model_dir(
         for file in (WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE):
             fsync(tmp / file)
         fsync(tmp)
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
         fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -142,7 +142,7 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     """Move `new` to `target`, replacing it; at no moment is `target` half-written.
     (Between the two renames `target` is briefly absent; `read_card` then points to the
     previous version, kept under a hidden .old- name.)"""

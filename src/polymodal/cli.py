@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from polymodal import __version__
+from polymodal.cli_index import index_app, search
 from polymodal.errors import PolymodalError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -27,6 +28,8 @@ eval_app = typer.Typer(no_args_is_help=True, help=(
     "(or 'quickstart'); DATA is emoji[:split], a folder of class folders, a folder or file of captions, "
     "tar shards, or a .toml source table."))
 app.add_typer(eval_app, name="eval")
+app.add_typer(index_app, name="index")
+app.command("search")(search)
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")]

@@ -26,3 +26,8 @@ class TokenizerError(PolymodalError):
 
 class DataError(PolymodalError):
     """A dataset cannot be read: missing file or column, empty, malformed rows."""
+
+
+class StoreError(PolymodalError):
+    """A store cannot be opened or used as asked: not a store, a newer format, or vectors
+    made by another model than the one given."""

@@ -12,16 +12,13 @@ from typer.testing import CliRunner
 
 from polymodal.checkpoint import read_card
 from polymodal.cli import app
-from polymodal.config import TokenizerConfig
 from polymodal.data.resolve import resolve_source
 from polymodal.data.sources import CaptionsSource, ClassSource, EmojiSource, TarSource, load_source
 from polymodal.errors import DataError
 from polymodal.eval.report import format_value
 from polymodal.eval.retrieval import evaluate_retrieval
-from polymodal.factory import get_tokenizer, get_transforms, load_model, save_model
-from polymodal.models import DualEncoder
-from polymodal.tokenizer import Tokenizer, train_bpe
-from tests.helpers import COLOURS, SHAPES, make_shapes_dataset, tiny_config
+from polymodal.factory import get_tokenizer, get_transforms, load_model
+from tests.helpers import COLOURS, make_shapes_dataset, save_tiny_model
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}
@@ -29,10 +26,7 @@ ENV = {"COLUMNS": "200"}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "model"
-    captions = [f"a {c} {s}" for c in COLOURS for s in SHAPES] * 3
-    save_model(DualEncoder(tiny_config()).eval(), Tokenizer(train_bpe(captions, 300), 12, TokenizerConfig()), path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "model")
 
 
 @pytest.fixture(scope="module")

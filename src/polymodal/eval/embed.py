@@ -15,7 +15,7 @@ from polymodal.errors import DataError, ImageDecodeError
 from polymodal.inference import TextFeatureCache, autocast, embed_texts, model_device
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.tokenizer import Tokenizer
-from polymodal.transforms import ImageTransform
+from polymodal.transforms import DEFAULT_MAX_PIXELS, ImageTransform
 
 # Called with the number of images embedded so far and the total.
 Progress = Callable[[int, int], None]
@@ -28,21 +28,26 @@ class EmbeddedImages:
     skipped: list[tuple[str, str]]  # unreadable images: (image, reason)
 
 
-class _ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
-    def __init__(self, refs: Sequence[ImageRef], transform: ImageTransform) -> None:
-        self.refs, self.transform = refs, transform
+class ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
+    """(position, pixels, "") for a readable image, (position, None, reason) for an
+    unreadable one, so that one bad file never stops a batch (or a worker)."""
+
+    def __init__(self, refs: Sequence[ImageRef], transform: ImageTransform,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.refs, self.transform, self.max_pixels = refs, transform, max_pixels
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, self.transform(self.refs[i].load()), ""
+            return i, self.transform(self.refs[i].load(self.max_pixels)), ""
         except ImageDecodeError as err:
             return i, None, str(err)
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:
+def keep_items(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:
+    """A DataLoader collate_fn that leaves the batch a list (some images may be None)."""
     return items
 
 
@@ -55,7 +60,7 @@ def embed_images(model: DualEncoder, refs: Sequence[ImageRef], transform: ImageT
         raise DataError("no images to embed")
     model.eval()
     device = model_device(model)
-    loader = DataLoader(_ImageDataset(refs, transform), batch_size=batch_size, collate_fn=_collate,
+    loader = DataLoader(ImageDataset(refs, transform), batch_size=batch_size, collate_fn=keep_items,
                         num_workers=num_workers)
     embeds, kept, skipped, done = [], [], [], 0
     for items in loader:

@@ -1,0 +1,187 @@
+"""`polymodal index`, `search` and `dedup`: the store commands of the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+console = Console()
+
+
+class _DefaultToUpdate(TyperGroup):
+    """`polymodal index SOURCE` is `polymodal index update SOURCE`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["update", *args]
+        return super().parse_args(ctx, args)
+
+
+index_app = typer.Typer(cls=_DefaultToUpdate, no_args_is_help=True, help=(
+    "Index images (and their captions) into a store, incrementally. `polymodal index SOURCE` embeds "
+    "what is new or changed in SOURCE (a folder, captions table, tar shards or .toml source) into "
+    "SOURCE.pm, removes what is gone, and rebuilds the search index."))
+
+StoreArg = Annotated[Path, typer.Argument(help="A store folder (NAME.pm).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="Model directory (or 'quickstart'); default: the model that built the store.")]
+ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --model differs from its model.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
+
+
+class _Speed(ProgressColumn):
+    """Items per second of the running stage."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} items/s" if speed else "", style="cyan")
+
+
+def _progress_bar() -> Progress:
+    return Progress("{task.description}", BarColumn(), MofNCompleteColumn(), _Speed(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+@index_app.command("update")
+def index_update(
+    source: Annotated[str, typer.Argument(help="A folder of images, a captions table, tar shards or a .toml source.")],
+    store: Annotated[Path | None, typer.Option(help="The store to write; default SOURCE.pm beside SOURCE.")] = None,
+    model: ModelOpt = None,
+    reembed: ReembedOpt = False,
+    backend: Annotated[str | None, typer.Option(help="Search index backend; default: the store's (exact).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
+    workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes (0: in this process).")] = 2,
+    max_pixels: Annotated[int, typer.Option(
+        min=1, help="Skip images with more pixels than this (decompression-bomb guard).")] = 178_956_970,
+    flush_every: Annotated[int, typer.Option(min=1, help="Vectors per commit: what a killed run redoes.")] = 1024,
+    device: DeviceOpt = "",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or update a store from SOURCE (only new or changed files are embedded)."""
+    from polymodal.index.api import index
+    from polymodal.index.pipeline import IndexOptions
+
+    options = IndexOptions(batch_size=batch_size, num_workers=workers, flush_every=flush_every,
+                           max_pixels=max_pixels)
+    if quiet or as_json:
+        result = index(source, store, model, reembed=reembed, options=options, device=device, backend=backend)
+    else:
+        with _progress_bar() as bar:
+            jobs: dict[str, Any] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in jobs:
+                    jobs[stage] = bar.add_task(stage, total=total)
+                bar.update(jobs[stage], completed=done, total=total)
+
+            result = index(source, store, model, reembed=reembed, options=options, device=device,
+                           backend=backend, progress=progress)
+    if as_json:
+        print(json.dumps({"store": str(result.store), "index": result.index, "compacted": result.compacted,
+                          "sources": [vars(r) for r in result.reports]}, indent=2, default=str))
+        return
+    for report in result.reports:
+        console.print(f"{report.source}: {report.embedded} embedded, {report.reused} reused (renamed/copied), "
+                      f"{report.unchanged} unchanged, {report.removed} removed, {report.captions_added} captions "
+                      f"added, {len(report.skipped)} unreadable ({report.seconds:.1f} s)", highlight=False)
+        for uri, reason in report.skipped[:20]:
+            console.print(f"  [yellow]skipped[/yellow] {reason}" if uri in reason else
+                          f"  [yellow]skipped[/yellow] {uri}: {reason}", highlight=False)
+        if len(report.skipped) > 20:
+            console.print(f"  ... and {len(report.skipped) - 20} more (`polymodal index info --json`)")
+    counts = result.index.get("counts", {})
+    console.print(f"store {result.store}: {counts.get('image', 0)} images, {counts.get('text', 0)} texts; "
+                  f"index {result.index.get('backend')}", highlight=False)
+
+
+@index_app.command("add")
+def index_add(store: StoreArg,
+              source: Annotated[str, typer.Argument(help="Images to add: folder, captions table, shards, .toml.")],
+              workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes.")] = 2,
+              device: DeviceOpt = "") -> None:
+    """Add (or update) SOURCE in an existing STORE, with the store's model."""
+    from polymodal.errors import StoreError
+
+    if not (store / "manifest.json").exists():
+        raise StoreError(f"{store}: no store here; `polymodal index SOURCE --store {store} --model MODEL` creates one")
+    index_update(source, store=store, model=None, workers=workers, device=device)
+
+
+@index_app.command("remove")
+def index_remove(store: StoreArg, ids: Annotated[list[int], typer.Argument(help="Item ids to remove.")]) -> None:
+    """Remove items by id (as `search --json` prints them) and rebuild the index."""
+    from polymodal.index.api import remove_items
+
+    removed = remove_items(store, ids)
+    console.print(f"removed {removed} of {len(ids)} items from {store}")
+
+
+@index_app.command("info")
+def index_info_cmd(store: StoreArg, as_json: JsonOpt = False) -> None:
+    """Show a store's model, counts, sources and search index."""
+    from polymodal.index.api import info
+
+    data = info(store)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+
+
+@index_app.command("build")
+def index_build(store: StoreArg, backend: Annotated[str, typer.Option(help="Index backend.")] = "exact") -> None:
+    """Rebuild STORE's search index (e.g. with another backend)."""
+    from polymodal.index.build import build_index
+    from polymodal.index.store import Store
+
+    with Store(store, writable=True) as opened:
+        built = build_index(opened, backend)
+    console.print(f"built {built['backend']} index of {store}: {built['counts']}")
+
+
+def search(
+    store: StoreArg,
+    query: Annotated[str | None, typer.Argument(help=(
+        "Text, an image path, or arithmetic: \"beach + 2:dog - people\", \"cat.jpg + snow\"."))] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="How many results.")] = 10,
+    modality: Annotated[str, typer.Option(help="What to find: image or text (captions).")] = "image",
+    like: Annotated[list[int] | None, typer.Option(help="More like these item ids (repeatable).")] = None,
+    where: Annotated[list[str] | None, typer.Option(help="Metadata filter KEY=VALUE (repeatable).")] = None,
+    path: Annotated[str, typer.Option(help="Only items whose path matches this glob, e.g. '*/beach/*'.")] = "",
+    model: ModelOpt = None,
+    reembed: ReembedOpt = False,
+    device: DeviceOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Search STORE by text, image or arithmetic of both; or find items like given ones."""
+    from polymodal.errors import DataError
+    from polymodal.index.api import reembed_store
+    from polymodal.index.search import Filter, Searcher, parse_filters
+
+    if (query is None) == (not like):
+        raise DataError("give a QUERY or --like ITEM_ID, not both and not neither")
+    if reembed and model:
+        reembed_store(store, model, device=device)
+        model = None
+    where_filter = Filter(parse_filters(where or []), path)
+    with Searcher(store, model=model, device=device) as searcher:
+        hits = (searcher.more_like(list(like or []), k, modality, where_filter) if like
+                else searcher.search(str(query), k, modality, where_filter))
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    table = Table("rank", "id", "score", "image" if modality == "image" else "caption", title=query or f"like {like}")
+    for rank, hit in enumerate(hits, 1):
+        table.add_row(str(rank), str(hit.id), f"{hit.score:.3f}", hit.text if hit.modality == "text" else hit.uri)
+    console.print(table)

@@ -1,0 +1,337 @@
+"""Search backends behind one interface. Each is built from (ids, vectors) of one modality
+(plus a training sample mixing both modalities), saved into a folder and loaded back, and
+answers top-k inner-product queries, optionally only among `allowed` ids.
+
+    exact    brute force over the codes of any quantiser (fp32 is the reference)
+    hnsw     graph search (faiss IndexHNSWFlat / IndexHNSWSQ for fp16 and int8)
+    ivfpq    inverted lists of PQ codes (faiss IndexIVFPQ)
+    lsh      random-rotation sign hashes, Hamming ranking (faiss IndexLSH)
+    binary   sign bits of the vectors themselves, Hamming ranking (faiss IndexBinaryFlat)
+    kdtree   scipy's cKDTree on the unit sphere; for small, low-dimensional sets
+
+    backend = make_backend("hnsw", dim, m=32)
+    backend.build(ids, vectors, sample)
+    scores, found = backend.search(queries, k)  # (q, k) each; found = -1 where fewer than k
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from polymodal.errors import StoreError
+from polymodal.index.arrays import load_arrays, save_arrays
+from polymodal.index.quantizers import Quantizer, import_faiss, make_quantizer
+from polymodal.index.topk import check_queries, exact_top_k, merge_top_k
+
+
+class Backend:
+    name: ClassVar[str] = ""
+    # True when `allowed` is applied inside the search (faiss IDSelector, a subset scan);
+    # otherwise allowed-id searches over-fetch and filter.
+    pushes_filters: ClassVar[bool] = True
+
+    def __init__(self, dim: int, **params: Any) -> None:
+        self.dim = dim
+        self.params = params
+        self.ids = np.empty(0, dtype=np.int64)  # item ids, ascending; position = internal id
+
+    def build(self, ids: np.ndarray, vectors: np.ndarray, sample: np.ndarray | None = None) -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.asarray(ids, dtype=np.int64)[order]
+        vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order])
+        self._build(vectors, vectors if sample is None else np.ascontiguousarray(sample, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        queries = check_queries(queries, self.dim)
+        k = max(1, int(k))
+        if allowed is None:
+            scores, positions = self._search(queries, k, None)
+        else:
+            positions_allowed = np.flatnonzero(np.isin(self.ids, allowed))
+            if len(positions_allowed) == 0:
+                return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+            if self.pushes_filters:
+                scores, positions = self._search(queries, k, positions_allowed)
+            else:
+                scores, positions = self._overfetch(queries, k, positions_allowed)
+        if positions.shape[1] < k:  # fewer items than k: pad like exact search does
+            pad = ((0, 0), (0, k - positions.shape[1]))
+            scores, positions = np.pad(scores, pad, constant_values=-np.inf), np.pad(positions, pad, constant_values=-1)
+        found = np.where(positions >= 0, self.ids[np.clip(positions, 0, None)], -1)
+        scores = np.where(positions >= 0, scores, -np.inf).astype(np.float32)
+        return merge_top_k(scores, found, k)
+
+    def _overfetch(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fetch more and more until k allowed results per query (or everything) are found."""
+        fetch = min(len(self), max(2 * k, int(math.ceil(2 * k * len(self) / len(allowed)))))
+        while True:
+            scores, positions = self._search(queries, fetch, None)
+            keep = np.isin(positions, allowed)
+            if fetch >= len(self) or (keep.sum(axis=1) >= min(k, len(allowed))).all():
+                return np.where(keep, scores, -np.inf), np.where(keep, positions, -1)
+            fetch = min(len(self), 4 * fetch)
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) for internal positions; `allowed` are positions."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        save_arrays(folder, ids=self.ids)
+        self._save(folder)
+
+    def _save(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, folder: Path) -> None:
+        self.ids = load_arrays(folder, "ids")["ids"]
+        self._load(folder)
+
+    def _load(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the searchable structure (codes, graph, lists), without the id map."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ExactBackend(Backend):
+    """Brute force over stored codes: one matrix product (or Hamming scan) per block."""
+
+    name = "exact"
+
+    def __init__(self, dim: int, quantizer: str = "fp32", **params: Any) -> None:
+        super().__init__(dim, quantizer=quantizer, **params)
+        self.quantizer: Quantizer = make_quantizer(quantizer, dim, **params)
+        self.codes = np.empty((0, dim), dtype=np.float32)
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        self.quantizer.train(sample)
+        self.codes = self.quantizer.encode(vectors)
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.arange(len(self.codes)) if allowed is None else allowed
+        codes = self.codes if allowed is None else self.codes[allowed]
+        return exact_top_k(queries, codes, positions, k, self.quantizer.scores)
+
+    def _save(self, folder: Path) -> None:
+        save_arrays(folder, codes=self.codes)
+        self.quantizer.save(folder)
+
+    def _load(self, folder: Path) -> None:
+        self.codes = load_arrays(folder, "codes")["codes"]
+        self.quantizer.load(folder)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes)
+
+
+class _FaissBackend(Backend):
+    """Shared save/load/size of backends that wrap one faiss index."""
+
+    index: Any = None
+    binary: ClassVar[bool] = False
+
+    def _save(self, folder: Path) -> None:
+        faiss = import_faiss()
+        write = faiss.write_index_binary if self.binary else faiss.write_index
+        write(self.index, str(folder / "faiss.index"))
+
+    def _load(self, folder: Path) -> None:
+        faiss = import_faiss()
+        read = faiss.read_index_binary if self.binary else faiss.read_index
+        path = folder / "faiss.index"
+        try:
+            self.index = read(str(path))
+        except RuntimeError as err:
+            raise StoreError(f"{path}: unreadable index ({str(err).splitlines()[-1]}); run "
+                             "`polymodal index build`") from None
+
+    @property
+    def nbytes(self) -> int:
+        faiss = import_faiss()
+        serialize = faiss.serialize_index_binary if self.binary else faiss.serialize_index
+        return int(len(serialize(self.index)))
+
+    def _selector(self, allowed: np.ndarray | None) -> Any:
+        if allowed is None:
+            return None
+        return import_faiss().IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+
+
+class HNSWBackend(_FaissBackend):
+    """Hierarchical navigable small-world graph (Malkov & Yashunin), via faiss. `m` links
+    per node, `ef_construction` and `ef_search` candidate-list sizes; `quantizer` fp32
+    (IndexHNSWFlat), fp16 or int8 (IndexHNSWSQ)."""
+
+    name = "hnsw"
+
+    def __init__(self, dim: int, m: int = 32, ef_construction: int = 80, ef_search: int = 64,
+                 quantizer: str = "fp32") -> None:
+        super().__init__(dim, m=m, ef_construction=ef_construction, ef_search=ef_search, quantizer=quantizer)
+        if quantizer not in ("fp32", "fp16", "int8"):
+            raise StoreError(f"hnsw stores fp32, fp16 or int8 vectors, not {quantizer!r}")
+        self.m, self.ef_construction, self.ef_search, self.quantizer = m, ef_construction, ef_search, quantizer
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        faiss = import_faiss()
+        if self.quantizer == "fp32":
+            self.index = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            kind = faiss.ScalarQuantizer.QT_fp16 if self.quantizer == "fp16" else faiss.ScalarQuantizer.QT_8bit
+            self.index = faiss.IndexHNSWSQ(self.dim, kind, self.m, faiss.METRIC_INNER_PRODUCT)
+            self.index.train(sample)
+        self.index.hnsw.efConstruction = self.ef_construction
+        self.index.add(vectors)
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        faiss = import_faiss()
+        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+        if allowed is not None:
+            params.sel = self._selector(allowed)
+        scores, positions = self.index.search(queries, min(k, len(self)), params=params)
+        return scores, positions
+
+
+class IVFPQBackend(_FaissBackend):
+    """Inverted file with product-quantised residuals (Jégou et al.), via faiss: `nlist`
+    coarse centroids (default ~4 sqrt(n)), `m` sub-quantisers of `nbits`, `nprobe` lists
+    searched per query. Centroids and codebooks train on the mixed-modality sample."""
+
+    name = "ivfpq"
+
+    def __init__(self, dim: int, nlist: int = 0, m: int = 0, nbits: int = 8, nprobe: int = 16) -> None:
+        super().__init__(dim, nlist=nlist, m=m, nbits=nbits, nprobe=nprobe)
+        self.nlist, self.nbits, self.nprobe = nlist, nbits, nprobe
+        self.m = m or make_quantizer("pq", dim).params["m"]
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        faiss = import_faiss()
+        nlist = self.nlist or max(1, min(int(4 * math.sqrt(len(vectors))), len(sample) // 39))
+        needed = max(nlist, 2 ** self.nbits)
+        if len(sample) < needed:
+            raise StoreError(f"ivfpq needs at least {needed} training vectors, the store has {len(sample)}; "
+                             "use the exact or hnsw backend for a collection this small")
+        self.nlist = nlist
+        self.params["nlist"] = nlist
+        coarse = faiss.IndexFlatIP(self.dim)
+        self.index = faiss.IndexIVFPQ(coarse, self.dim, nlist, self.m, self.nbits, faiss.METRIC_INNER_PRODUCT)
+        self.index.own_fields = True
+        coarse.this.disown()  # the IVF index owns its coarse quantiser now
+        self.index.train(sample)
+        self.index.add(vectors)
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        faiss = import_faiss()
+        params = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self.index.nlist))
+        if allowed is not None:
+            params.sel = self._selector(allowed)
+        return self.index.search(queries, min(k, len(self)), params=params)
+
+
+class LSHBackend(_FaissBackend):
+    """Locality-sensitive hashing (Charikar's sign random projections) via faiss's
+    IndexLSH: `nbits` hash bits after a random rotation, ranked by Hamming distance."""
+
+    name = "lsh"
+    pushes_filters = False  # faiss's IndexLSH takes no search parameters
+
+    def __init__(self, dim: int, nbits: int = 0) -> None:
+        nbits = nbits or 2 * dim
+        super().__init__(dim, nbits=nbits)
+        self.nbits = nbits
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        faiss = import_faiss()
+        self.index = faiss.IndexLSH(self.dim, self.nbits, True, False)  # rotate, no learned thresholds
+        self.index.train(sample)
+        self.index.add(vectors)
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        hamming, positions = self.index.search(queries, min(k, len(self)))
+        return 1.0 - 2.0 * hamming / self.nbits, positions
+
+
+class BinaryBackend(_FaissBackend):
+    """The vectors' own sign bits (dim/8 bytes each), exhaustive Hamming search with
+    faiss's popcount kernels; score = 1 - 2 hamming / dim."""
+
+    name = "binary"
+    binary = True
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        faiss = import_faiss()
+        if self.dim % 8:
+            raise StoreError(f"the binary backend needs a dimension divisible by 8, not {self.dim}")
+        self.index = faiss.IndexBinaryFlat(self.dim)
+        self.index.add(np.packbits(vectors > 0, axis=1))
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        faiss = import_faiss()
+        codes = np.packbits(queries > 0, axis=1)
+        params = None if allowed is None else faiss.SearchParameters(sel=self._selector(allowed))
+        hamming, positions = self.index.search(codes, min(k, len(self)), params=params)
+        return 1.0 - 2.0 * hamming.astype(np.float32) / self.dim, positions
+
+
+class KDTreeBackend(Backend):
+    """scipy's cKDTree on the unit vectors (|a - b|^2 = 2 - 2 a.b, so the nearest are the
+    most similar). Exact, and fast only for small, low-dimensional sets: a baseline."""
+
+    name = "kdtree"
+    pushes_filters = False
+
+    def __init__(self, dim: int, leafsize: int = 16) -> None:
+        super().__init__(dim, leafsize=leafsize)
+        self.leafsize = leafsize
+        self.vectors = np.empty((0, dim), dtype=np.float32)
+
+    def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
+        try:
+            from scipy.spatial import cKDTree
+        except ImportError:
+            raise StoreError("the kdtree backend needs scipy: pip install scipy") from None
+        self.vectors = vectors
+        self.tree = cKDTree(vectors.astype(np.float64), leafsize=self.leafsize)
+
+    def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        distances, positions = self.tree.query(queries.astype(np.float64), k=min(k, len(self)))
+        distances, positions = distances.reshape(len(queries), -1), positions.reshape(len(queries), -1)
+        return (1.0 - distances ** 2 / 2.0).astype(np.float32), positions.astype(np.int64)
+
+    def _save(self, folder: Path) -> None:
+        save_arrays(folder, vectors=self.vectors)
+
+    def _load(self, folder: Path) -> None:
+        self._build(load_arrays(folder, "vectors")["vectors"], np.empty(0))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.vectors.nbytes * 2 + len(self.vectors) * 8)  # float64 copy in the tree + indices
+
+
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (ExactBackend, HNSWBackend, IVFPQBackend, LSHBackend,
+                                                        BinaryBackend, KDTreeBackend)}
+
+
+def make_backend(name: str, dim: int, **params: Any) -> Backend:
+    try:
+        cls = BACKENDS[name]
+    except KeyError:
+        raise StoreError(f"unknown index backend {name!r}; one of {sorted(BACKENDS)}") from None
+    try:
+        return cls(dim, **params)
+    except TypeError as err:
+        raise StoreError(f"index backend {name!r}: bad parameters {sorted(params)} ({err})") from None

@@ -1,0 +1,248 @@
+"""Vector quantisers: how many bytes a stored vector takes, and how scores are computed
+from the codes without decoding the whole collection at once.
+
+    fp32    4 d bytes   the reference
+    fp16    2 d bytes   half precision
+    int8      d bytes   per-dimension scale calibrated on the data (x_d ~ s_d q_d / 127)
+    binary  d/8 bytes   sign bits; score = 1 - 2 hamming / d (a cosine estimate)
+    pq        m bytes   product quantisation: m sub-vectors, 256 centroids each (faiss)
+
+Train on a mix of image and text vectors: queries come from the other modality, and a
+quantiser fitted to image vectors alone misrepresents where text queries land
+(clip-retrieval issue #76).
+
+    q = make_quantizer("int8"); q.train(sample); codes = q.encode(vectors)
+    scores = q.scores(queries, codes)          # (nq, n) approximate inner products
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from polymodal.errors import StoreError
+from polymodal.index.arrays import load_arrays, save_arrays
+from polymodal.index.topk import BLOCK_ROWS
+
+
+class Quantizer:
+    name: ClassVar[str] = ""
+
+    def __init__(self, dim: int, **params: Any) -> None:
+        self.dim = dim
+        self.params = params
+
+    def train(self, sample: np.ndarray) -> None:
+        """Fit to `sample` (n, dim); most quantisers need nothing."""
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Approximate inner products (nq, n); the default decodes block by block."""
+        out = np.empty((len(queries), len(codes)), dtype=np.float32)
+        for start in range(0, len(codes), BLOCK_ROWS):
+            out[:, start:start + BLOCK_ROWS] = queries @ self.decode(codes[start:start + BLOCK_ROWS]).T
+        return out
+
+    @property
+    def bytes_per_vector(self) -> float:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        """Trained state (nothing for the stateless ones)."""
+
+    def load(self, folder: Path) -> None:
+        """Restore what `save` wrote."""
+
+
+class Float32(Quantizer):
+    name = "fp32"
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes
+
+    def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return queries @ codes.T
+
+    @property
+    def bytes_per_vector(self) -> float:
+        return 4.0 * self.dim
+
+
+class Float16(Quantizer):
+    name = "fp16"
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, dtype=np.float16)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes.astype(np.float32)
+
+    @property
+    def bytes_per_vector(self) -> float:
+        return 2.0 * self.dim
+
+
+class Int8(Quantizer):
+    """Symmetric per-dimension int8: the scale of dimension d is a high percentile of |x_d|
+    (not the maximum, so one outlier does not waste the range); values beyond clip."""
+
+    name = "int8"
+
+    def __init__(self, dim: int, percentile: float = 99.9) -> None:
+        super().__init__(dim, percentile=percentile)
+        self.percentile = percentile
+        self.scale = np.ones(dim, dtype=np.float32)
+
+    def train(self, sample: np.ndarray) -> None:
+        scale = np.percentile(np.abs(sample), self.percentile, axis=0).astype(np.float32)
+        self.scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(vectors / self.scale * 127.0), -127, 127).astype(np.int8)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return codes.astype(np.float32) * (self.scale / 127.0)
+
+    def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        # fold the scale into the queries: q . (s * c) = (q * s) . c, one cast per block
+        scaled = (queries * (self.scale / 127.0)).astype(np.float32)
+        out = np.empty((len(queries), len(codes)), dtype=np.float32)
+        for start in range(0, len(codes), BLOCK_ROWS):
+            out[:, start:start + BLOCK_ROWS] = scaled @ codes[start:start + BLOCK_ROWS].astype(np.float32).T
+        return out
+
+    @property
+    def bytes_per_vector(self) -> float:
+        return float(self.dim)
+
+    def save(self, folder: Path) -> None:
+        save_arrays(folder, int8_scale=self.scale)
+
+    def load(self, folder: Path) -> None:
+        self.scale = load_arrays(folder, "int8_scale")["int8_scale"]
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+class Binary(Quantizer):
+    """Sign bits, packed 8 per byte. Hamming distance h between signs estimates the angle
+    (theta ~ pi h / d); 1 - 2 h / d is monotone in it, so it ranks like the cosine."""
+
+    name = "binary"
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return np.packbits(np.asarray(vectors) > 0, axis=1)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        signs = np.unpackbits(codes, axis=1, count=self.dim).astype(np.float32) * 2.0 - 1.0
+        return signs / np.sqrt(self.dim)
+
+    def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        query_codes = self.encode(queries)
+        out = np.empty((len(queries), len(codes)), dtype=np.float32)
+        for n, code in enumerate(query_codes):
+            hamming = _POPCOUNT[np.bitwise_xor(codes, code)].sum(axis=1, dtype=np.int64)
+            out[n] = 1.0 - 2.0 * hamming / self.dim
+        return out
+
+    @property
+    def bytes_per_vector(self) -> float:
+        return self.dim / 8.0
+
+
+class ProductQuantizer(Quantizer):
+    """faiss's ProductQuantizer: `m` sub-vectors of dim/m, 2^nbits centroids each;
+    scores by asymmetric distance (exact query, quantised database)."""
+
+    name = "pq"
+
+    def __init__(self, dim: int, m: int = 0, nbits: int = 8) -> None:
+        m = m or _default_pq_m(dim)
+        if dim % m:
+            raise StoreError(f"pq: m={m} must divide the dimension {dim}")
+        super().__init__(dim, m=m, nbits=nbits)
+        self.m, self.nbits = m, nbits
+        faiss = import_faiss()
+        self.pq = faiss.ProductQuantizer(dim, m, nbits)
+        self.trained = False
+
+    def train(self, sample: np.ndarray) -> None:
+        needed = 2 ** self.nbits
+        if len(sample) < needed:
+            raise StoreError(f"pq needs at least {needed} training vectors, the store has {len(sample)}; "
+                             "use fewer bits or another quantiser")
+        self.pq.train(np.ascontiguousarray(sample, dtype=np.float32))
+        self.trained = True
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return self.pq.compute_codes(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.pq.decode(np.ascontiguousarray(codes))
+
+    @property
+    def bytes_per_vector(self) -> float:
+        return self.m * self.nbits / 8.0
+
+    def save(self, folder: Path) -> None:
+        faiss = import_faiss()
+        save_arrays(folder, pq_centroids=faiss.vector_to_array(self.pq.centroids))
+
+    def load(self, folder: Path) -> None:
+        faiss = import_faiss()
+        centroids = load_arrays(folder, "pq_centroids")["pq_centroids"]
+        faiss.copy_array_to_vector(centroids.astype(np.float32), self.pq.centroids)
+        self.trained = True
+
+
+def _default_pq_m(dim: int) -> int:
+    """Sub-vectors of 4-8 dimensions: m = dim/8 rounded to a divisor (64 for 512-d)."""
+    for m in range(max(1, dim // 8), dim + 1):
+        if dim % m == 0:
+            return m
+    return dim
+
+
+QUANTIZERS: dict[str, type[Quantizer]] = {q.name: q for q in (Float32, Float16, Int8, Binary, ProductQuantizer)}
+
+
+def make_quantizer(name: str, dim: int, **params: Any) -> Quantizer:
+    try:
+        cls = QUANTIZERS[name]
+    except KeyError:
+        raise StoreError(f"unknown quantizer {name!r}; one of {sorted(QUANTIZERS)}") from None
+    try:
+        return cls(dim, **params)
+    except TypeError as err:
+        raise StoreError(f"quantizer {name!r}: bad parameters {sorted(params)} ({err})") from None
+
+
+def import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise StoreError("this index needs faiss: pip install 'polymodal[index]' (faiss-cpu)") from None
+    return faiss
+
+
+def training_sample(parts: list[np.ndarray], size: int = 65_536, seed: int = 0) -> np.ndarray:
+    """Up to `size` vectors drawn evenly from each part (image and text vectors), so that
+    neither modality dominates what the quantiser learns."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise StoreError("no vectors to train the quantiser on")
+    rng = np.random.default_rng(seed)
+    share = max(1, size // len(parts))
+    picked = [p[rng.choice(len(p), share, replace=False)] if len(p) > share else p for p in parts]
+    return np.ascontiguousarray(np.concatenate(picked), dtype=np.float32)

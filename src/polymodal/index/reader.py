@@ -1,0 +1,188 @@
+"""Reader stage of indexing: what a source holds, and what changed since the last run.
+
+A source is a folder of images (with an optional captions.jsonl/.csv/.tsv beside them),
+a captions table, tar shards, or a .toml source table (see data/resolve.py). Its items
+carry `{"source": SOURCE}` in their metadata, so a later run of the same source knows
+which stored items it owns: those it no longer finds are removed.
+
+Change detection is cheap first: a file whose size and mtime match its stored item is
+unchanged. Anything else is hashed (SHA-256 of the bytes); content whose hash is already
+stored (a renamed, copied or touched file) reuses that vector instead of being embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polymodal.data.records import ImageRef
+from polymodal.data.resolve import TABLE_SUFFIXES, captions_source, resolve_source
+from polymodal.data.sources import image_files, load_captions, load_source
+from polymodal.errors import DataError
+from polymodal.index.store import Item, NewItem, Store
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One image of a source, as the reader saw it."""
+
+    uri: str
+    ref: ImageRef
+    size: int
+    mtime_ns: int
+    captions: tuple[str, ...] = ()
+
+
+@dataclass
+class SourceListing:
+    source: str  # the normalised source spec items are tagged with
+    images: list[Found]
+    dropped: dict[str, str] = field(default_factory=dict)  # rows the source itself could not use
+
+
+def list_source(spec: str) -> SourceListing:
+    """Every image (and its captions) that `spec` names."""
+    path = Path(spec)
+    if path.is_dir() and not _has_captions_table(path):
+        root = path.resolve()
+        return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in image_files(root)])
+    if path.is_dir():
+        table = next(p for p in sorted(path.iterdir()) if _is_captions_table(p))
+        pairs = load_captions(captions_source(table))
+        source = str(path.resolve())
+    else:
+        pairs = load_source(resolve_source(spec))
+        source = str(path.resolve()) if path.exists() else spec
+    images = [_found(_absolute(r.image), r.captions) for r in pairs.records]
+    return SourceListing(source, images, dict(pairs.dropped))
+
+
+def _has_captions_table(folder: Path) -> bool:
+    return any(_is_captions_table(p) for p in folder.iterdir())
+
+
+def _is_captions_table(path: Path) -> bool:
+    return path.is_file() and path.stem == "captions" and path.suffix.lower() in TABLE_SUFFIXES
+
+
+def _absolute(ref: ImageRef) -> ImageRef:
+    return ImageRef(str(Path(ref.path).resolve()), ref.member, ref.offset, ref.size)
+
+
+def _found(ref: ImageRef, captions: tuple[str, ...] = ()) -> Found:
+    try:
+        stat = os.stat(ref.path)
+    except OSError as err:
+        raise DataError(f"{ref.path}: cannot read ({err.strerror})") from None
+    size = ref.size if ref.member else stat.st_size
+    return Found(ref.name, ref, size, stat.st_mtime_ns, captions)
+
+
+def image_metadata(found: Found, source: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"source": source}
+    if found.ref.member:  # what it takes to read the image again (serving, re-embedding)
+        meta["tar"] = {"path": found.ref.path, "member": found.ref.member, "offset": found.ref.offset,
+                       "size": found.ref.size}
+    return meta
+
+
+def image_ref(item: Item) -> ImageRef:
+    """Where a stored image item's bytes are."""
+    tar = item.metadata.get("tar")
+    if tar:
+        return ImageRef(tar["path"], tar["member"], tar["offset"], tar["size"])
+    return ImageRef(item.uri)
+
+
+def sha256_of(ref: ImageRef) -> str:
+    if ref.member:
+        return hashlib.sha256(ref.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(ref.path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Plan:
+    """What one indexing run has to do."""
+
+    source: str
+    unchanged: int = 0
+    reuse: list[tuple[Found, str]] = field(default_factory=list)  # content already stored: no embedding
+    embed: list[tuple[Found, str]] = field(default_factory=list)  # new content
+    still_unreadable: list[tuple[str, str]] = field(default_factory=list)  # skipped before, unchanged
+    remove: list[int] = field(default_factory=list)  # ids of items the source no longer holds
+    captions: list[NewItem] = field(default_factory=list)  # new or changed caption items
+    dropped: dict[str, str] = field(default_factory=dict)
+    listing: list[Found] = field(default_factory=list)
+
+
+def plan_run(store: Store, listing: SourceListing, hash_threads: int = 4,
+             progress: Progress | None = None) -> Plan:
+    """Compare a source with the store: what is unchanged, reusable, new, or gone."""
+    plan = Plan(listing.source, dropped=listing.dropped, listing=listing.images)
+    owned = {item.uri: item for item in store.live_items("image") if item.metadata.get("source") == listing.source}
+    skipped = store.skipped()
+    to_hash: list[Found] = []
+    for found in listing.images:
+        item = owned.get(found.uri)
+        if item is not None and (item.size, item.mtime_ns) == (found.size, found.mtime_ns):
+            plan.unchanged += 1
+        elif found.uri in skipped and skipped[found.uri][:2] == (found.size, found.mtime_ns):
+            plan.still_unreadable.append((found.uri, skipped[found.uri][2]))
+        else:
+            to_hash.append(found)
+    hashes = _hash_all(to_hash, hash_threads, progress)
+    known = store.known_keys(f"image:{sha}" for sha in hashes)
+    for found, sha in zip(to_hash, hashes, strict=True):
+        (plan.reuse if f"image:{sha}" in known else plan.embed).append((found, sha))
+    seen = {f.uri for f in listing.images}
+    plan.remove = [item.id for uri, item in owned.items() if uri not in seen]
+    _plan_captions(store, plan, listing)
+    return plan
+
+
+def _hash_all(found: list[Found], threads: int, progress: Progress | None) -> list[str]:
+    # hashlib releases the GIL on large buffers, so threads overlap reading and hashing
+    out: list[str] = []
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for sha in pool.map(lambda f: sha256_of(f.ref), found):
+            out.append(sha)
+            if progress is not None and (len(out) % 256 == 0 or len(out) == len(found)):
+                progress("hashing", len(out), len(found))
+    return out
+
+
+def caption_uri(image_uri: str, number: int) -> str:
+    return f"{image_uri}#caption-{number}"
+
+
+def _plan_captions(store: Store, plan: Plan, listing: SourceListing) -> None:
+    """Captions are text items `IMAGE#caption-N`, owned by the same source. Changed or new
+    ones are (re)added; those the source no longer has are removed. A caption whose image
+    turns out unreadable is dropped later, with its image."""
+    owned = {item.uri: item for item in store.live_items("text") if item.metadata.get("source") == listing.source}
+    wanted: set[str] = set()
+    for found in listing.images:
+        for number, text in enumerate(found.captions):
+            uri = caption_uri(found.uri, number)
+            wanted.add(uri)
+            sha = text_sha256(text)
+            item = owned.get(uri)
+            if item is None or item.sha256 != sha:
+                plan.captions.append(NewItem(uri, "text", sha, text=text,
+                                             metadata={"source": listing.source, "image": found.uri}))
+    plan.remove += [item.id for uri, item in owned.items() if uri not in wanted]

@@ -1,0 +1,55 @@
+"""Top-k selection shared by every backend: blockwise exact search and stable merging."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from polymodal.errors import StoreError
+
+# Rows scored per block: 16k x 512 fp32 = 32 MB, cache-friendly and bounded memory.
+BLOCK_ROWS = 16_384
+
+
+def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None]
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise StoreError(f"queries have shape {queries.shape}; this index holds {dim}-d vectors")
+    return np.ascontiguousarray(queries)
+
+
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int,
+                score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product (or by `score(queries, block)` over stored codes), blockwise;
+    ties go to the smaller id, so results are stable."""
+    score = score or (lambda q, block: q @ block.T)
+    nq = len(queries)
+    best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    best_ids = np.full((nq, k), -1, dtype=np.int64)
+    for start in range(0, len(vectors), BLOCK_ROWS):
+        scores = score(queries, vectors[start:start + BLOCK_ROWS])
+        block_ids = np.broadcast_to(ids[start:start + BLOCK_ROWS], scores.shape)
+        best_scores, best_ids = merge_top_k(np.concatenate([best_scores, scores], axis=1),
+                                            np.concatenate([best_ids, block_ids], axis=1), k)
+    return best_scores, best_ids
+
+
+def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns per row, sorted by score descending, then id ascending; padding
+    (-inf scores, id -1) sorts last."""
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        # argpartition may split a tie at the k-th score arbitrarily: widen to every tied column
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+        if (np.sum(scores >= kth, axis=1) > k).any():
+            part = np.argsort(-scores, axis=1, kind="stable")[:, : max(k, int(np.sum(scores >= kth, axis=1).max()))]
+        scores, ids = np.take_along_axis(scores, part, axis=1), np.take_along_axis(ids, part, axis=1)
+    sort_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((sort_ids, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+

@@ -1,0 +1,255 @@
+"""`polymodal index` / `search` end to end on a tiny saved model: incremental updates
+(add, change, remove, rename, copy), unreadable files, captions, provenance, and SIGKILL
+at several points of a run followed by a resume that loses and duplicates nothing."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from polymodal.cli import app
+from polymodal.data.records import ImageRef
+from polymodal.errors import StoreError
+from polymodal.eval.embed import embed_images
+from polymodal.factory import get_transforms, load_model
+from polymodal.index.api import index, info, remove_items
+from polymodal.index.pipeline import IndexOptions
+from polymodal.index.search import Searcher
+from polymodal.index.store import VECTOR_DIR, Store
+from tests.helpers import COLOURS, make_shapes_dataset, save_tiny_model
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200"}
+REPO = Path(__file__).resolve().parents[2]
+OPTIONS = IndexOptions(batch_size=4, flush_every=4)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "model")
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model2") / "model", seed=1)
+
+
+def make_photos(root: Path, n: int = 10) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / ("sub" if i % 2 else "") / f"p{i}.png")
+    return root
+
+
+def expected_vectors(model_dir: Path, paths: list[str]) -> np.ndarray:
+    model = load_model(model_dir)
+    return embed_images(model, [ImageRef(p) for p in paths], get_transforms(model.config)).embeds
+
+
+def live_uris(store_path: Path) -> list[str]:
+    with Store(store_path) as store:
+        return sorted(item.uri for item in store.live_items("image"))
+
+
+def check_store(store_path: Path, model_dir: Path, files: list[Path]) -> None:
+    """Exactly `files`, each once, each with its own image's vector; no stray chunks."""
+    uris = sorted(str(f.resolve()) for f in files)
+    assert live_uris(store_path) == uris
+    with Store(store_path) as store:
+        ids = [store.find(uri, "image").id for uri in uris]  # type: ignore[union-attr]
+        np.testing.assert_allclose(store.vectors(ids), expected_vectors(model_dir, uris), atol=1e-5)
+        used = {c for (c,) in store.db.execute("SELECT DISTINCT chunk FROM vectors")}
+        assert {int(p.name[6:12]) for p in (store_path / VECTOR_DIR).iterdir()} <= used
+
+
+def test_incremental_add_change_remove_rename_and_copy(tmp_path: Path, model_dir: Path) -> None:
+    photos = make_photos(tmp_path / "photos")
+    result = index(str(photos), model=str(model_dir), options=OPTIONS)
+    store = tmp_path / "photos.pm"
+    assert result.store == store and result.reports[0].embedded == 10
+    check_store(store, model_dir, sorted(photos.rglob("*.png")))
+
+    again = index(str(photos), options=OPTIONS).reports[0]  # the store's own model
+    assert (again.embedded, again.reused, again.unchanged, again.removed) == (0, 0, 10, 0)
+
+    os.rename(photos / "p0.png", photos / "renamed.png")
+    shutil.copy(photos / "p2.png", photos / "sub" / "copy.png")
+    (photos / "p4.png").unlink()
+    Image.new("RGB", (30, 30), (255, 0, 0)).save(photos / "p6.png")  # changed content, same name
+    Image.new("RGB", (30, 30), (0, 255, 0)).save(photos / "new.png")
+    report = index(str(photos), options=OPTIONS).reports[0]
+    assert (report.embedded, report.reused, report.removed) == (2, 2, 2)  # p6 + new; renamed + copy; p0 + p4
+    check_store(store, model_dir, sorted(photos.rglob("*.png")))
+
+    os.utime(photos / "p8.png", ns=(1, 1))  # touched: hashed again, same content, vector reused
+    touched = index(str(photos), options=OPTIONS).reports[0]
+    assert (touched.embedded, touched.reused) == (0, 1)
+    with Store(store) as opened:
+        assert opened.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] <= 12
+
+
+def test_unreadable_files_are_reported_and_the_run_completes(tmp_path: Path, model_dir: Path) -> None:
+    photos = make_photos(tmp_path / "photos", n=4)
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "text.jpg").write_bytes(b"this is not an image")
+    good = (photos / "p0.png").read_bytes()
+    (photos / "truncated.png").write_bytes(good[: len(good) // 2])
+    Image.new("RGB", (200, 200)).save(photos / "huge.png")
+    options = IndexOptions(batch_size=3, max_pixels=100 * 100, num_workers=2)
+    report = index(str(photos), model=str(model_dir), options=options).reports[0]
+    reasons = dict(report.skipped)
+    assert report.embedded == 4 and len(reasons) == 4
+    assert "exceed the limit" in reasons[str((photos / "huge.png").resolve())]
+    assert "truncated" in reasons[str((photos / "truncated.png").resolve())]
+    again = index(str(photos), options=options).reports[0]  # unchanged bad files are not retried
+    assert again.embedded == 0 and len(again.skipped) == 4
+    assert info(tmp_path / "photos.pm")["skipped"] == 4
+
+
+def test_captions_become_text_items_and_search_finds_both_ways(tmp_path: Path, model_dir: Path) -> None:
+    captions = make_shapes_dataset(tmp_path / "shapes", per_class=2)
+    index(str(captions.parent), model=str(model_dir), options=OPTIONS)
+    store = tmp_path / "shapes.pm"
+    assert info(store)["images"] == 24 and info(store)["texts"] == 48
+    with Searcher(store) as searcher:
+        model = load_model(model_dir)
+        from polymodal.factory import get_tokenizer
+        from polymodal.inference import embed_texts
+
+        query = embed_texts(model, get_tokenizer(model_dir), ["a red circle"])[0].numpy()
+        hits = searcher.search("a red circle", k=5)
+        with Store(store) as opened:
+            ids, vectors = opened.live_vectors("image")
+        expected = ids[np.argsort(-(vectors @ query), kind="stable")[:5]]
+        assert [h.id for h in hits] == expected.tolist()
+        texts = searcher.search(hits[0].uri, k=3, modality="text")  # an image path as the query
+        assert all(t.modality == "text" and t.metadata["image"] for t in texts)
+        combined = searcher.query_vector("a red circle + 2:a blue square - green")
+        assert combined.shape == (24,) and np.linalg.norm(combined) == pytest.approx(1.0, abs=1e-5)
+    captions.write_text(captions.read_text().replace("a red circle", "a crimson circle"))
+    report = index(str(captions.parent), options=OPTIONS).reports[0]
+    assert report.captions_added == 2 and report.removed == 0  # two captions changed text
+    with Store(store) as opened:
+        texts = {i.text for i in opened.live_items("text")}
+    assert "a crimson circle" in texts and "a red circle" not in texts
+
+
+def test_another_model_is_refused_unless_reembedding(tmp_path: Path, model_dir: Path, other_model: Path) -> None:
+    photos = make_photos(tmp_path / "photos", n=3)
+    index(str(photos), model=str(model_dir), options=OPTIONS)
+    store = tmp_path / "photos.pm"
+    first_id = info(store)["model_id"]
+    with pytest.raises(StoreError) as err:
+        Searcher(store, model=str(other_model))
+    assert first_id in str(err.value) and "--reembed" in str(err.value)
+    with pytest.raises(StoreError, match=first_id):
+        index(str(photos), model=str(other_model), options=OPTIONS)
+    index(str(photos), model=str(other_model), reembed=True, options=OPTIONS)
+    assert info(store)["model_id"] != first_id
+    check_store(store, other_model, sorted(photos.rglob("*.png")))
+    Searcher(store, model=str(other_model)).close()  # now the store's model
+
+
+def test_remove_by_id_and_a_missing_model_are_clear(tmp_path: Path, model_dir: Path) -> None:
+    photos = make_photos(tmp_path / "photos", n=3)
+    with pytest.raises(StoreError, match="--model"):
+        index(str(photos), options=OPTIONS)
+    index(str(photos), model=str(model_dir), options=OPTIONS)
+    store = tmp_path / "photos.pm"
+    assert remove_items(store, [1, 99]) == 1
+    assert info(store)["images"] == 2 and info(store)["index"]["counts"]["image"] == 2
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from polymodal.index import store as store_module, build as build_module
+point, when = sys.argv[1], int(sys.argv[2])
+calls = {{"n": 0}}
+
+def killer(original, before):
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if before and calls["n"] == when:
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = original(*args, **kwargs)
+        if not before and calls["n"] == when:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    return wrapped
+
+if point == "chunk-written":      # chunk renamed into place, transaction not yet run
+    store_module.Store._write_chunk = killer(store_module.Store._write_chunk, before=False)
+elif point == "in-transaction":   # inside BEGIN IMMEDIATE, before COMMIT
+    store_module.Store._bump = killer(store_module.Store._bump, before=False)
+elif point == "index-build":      # store committed, search index not yet replaced
+    build_module.replace_dir = killer(build_module.replace_dir, before=True)
+from polymodal.index.api import index
+from polymodal.index.pipeline import IndexOptions
+index(sys.argv[3], model=sys.argv[4], options=IndexOptions(batch_size=2, flush_every=2))
+"""
+
+
+@pytest.mark.parametrize(("point", "when"), [("chunk-written", 1), ("chunk-written", 3), ("in-transaction", 2),
+                                             ("index-build", 1)])
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path: Path, model_dir: Path, point: str,
+                                                          when: int) -> None:
+    photos = make_photos(tmp_path / "photos", n=9)
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT.format(repo=str(REPO / "src")))
+    proc = subprocess.run([sys.executable, str(script), point, str(when), str(photos), str(model_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    store = tmp_path / "photos.pm"
+    with Store(store) as opened:  # it opens; whatever was committed is whole
+        committed = opened.count("image")
+    assert committed < 9 or point == "index-build"
+    report = index(str(photos), options=OPTIONS).reports[0]
+    assert report.embedded + report.unchanged + report.reused == 9
+    check_store(store, model_dir, sorted(photos.rglob("*.png")))
+    assert info(store)["index"]["fresh"] and info(store)["index"]["counts"]["image"] == 9
+
+
+def test_cli_index_search_info_and_errors(tmp_path: Path, model_dir: Path) -> None:
+    captions = make_shapes_dataset(tmp_path / "shapes", per_class=1)
+    result = runner.invoke(app, ["index", str(captions.parent), "--model", str(model_dir), "--workers", "0"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "12 embedded" in result.output and "24 captions added" in result.output
+    store = tmp_path / "shapes.pm"
+    found = runner.invoke(app, ["search", str(store), "a red circle", "-k", "3", "--json"], env=ENV)
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.output)
+    assert len(hits) == 3 and all(h["modality"] == "image" for h in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    like = runner.invoke(app, ["search", str(store), "--like", str(hits[0]["id"]), "--json", "--where",
+                               f"source={tmp_path / 'shapes'}", "-k", "2"], env=ENV)
+    assert hits[0]["id"] not in [h["id"] for h in json.loads(like.output)]
+    shown = runner.invoke(app, ["index", "info", str(store), "--json"], env=ENV)
+    assert json.loads(shown.output)["texts"] == 24
+    colour = next(iter(COLOURS))
+    filtered = runner.invoke(app, ["search", str(store), "a shape", "--path", f"*{colour}*", "--json"], env=ENV)
+    assert {h["uri"].split("/")[-1].split("-")[0] for h in json.loads(filtered.output)} == {colour}
+    for args, message in ((["search", str(store)], "QUERY or --like"),
+                          (["search", str(tmp_path), "dog"], "not a polymodal store"),
+                          (["search", str(store), "dog", "--modality", "audio"], "unknown modality"),
+                          (["index", "build", str(store), "--backend", "nope"], "unknown index backend")):
+        proc = subprocess.run([sys.executable, "-m", "polymodal.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, **ENV}, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_index_help_explains_the_default_command() -> None:
+    result = runner.invoke(app, ["index", "--help"], env=ENV)
+    assert result.exit_code == 0 and "SOURCE.pm" in result.output
+    for command in ("update", "add", "remove", "info", "build"):
+        assert command in result.output
