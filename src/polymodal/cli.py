@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from polymodal import __version__
-from polymodal.cli_index import index_app, search
+from polymodal.cli_index import dedup, index_app, search
 from polymodal.errors import PolymodalError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -30,6 +30,7 @@ eval_app = typer.Typer(no_args_is_help=True, help=(
 app.add_typer(eval_app, name="eval")
 app.add_typer(index_app, name="index")
 app.command("search")(search)
+app.command("dedup")(dedup)
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")]
@@ -252,6 +253,32 @@ def eval_weat(
               max_partitions=partitions, seed=seed)
 
 
+@eval_app.command("index")
+def eval_index(
+    store: Annotated[Path, typer.Argument(help="A store folder (NAME.pm).")],
+    out: OutOpt = None,
+    queries: Annotated[int, typer.Option(min=1, help="Query vectors per direction (sampled).")] = 1000,
+    plots: PlotsOpt = True,
+) -> None:
+    """Every quantiser and backend on a store: bytes/vector, build time, queries/s, recall@10
+    vs exact search for text->image, image->image and image->text, task P@K/R@K on captions."""
+    from polymodal.eval.report import format_value, write_report
+    from polymodal.index.evaluate import evaluate_index
+
+    with console.status("measuring backends"):
+        evaluation = evaluate_index(store, max_queries=queries)
+    report = write_report(evaluation, out or Path("evals") / f"index-{store.name.removesuffix('.pm')}", plots=plots)
+    rows = evaluation.tables["backends"]
+    columns = [c for c in ("config", "bytes/vector", "build s", "qps", "t2i recall@10", "i2i recall@10",
+                           "i2t recall@10", "t2i task R@10", "i2t task P@10", "pareto")
+               if any(c in r for r in rows)]
+    table = Table(*columns, title=f"index backends on {store}")
+    for row in rows:
+        table.add_row(*(format_value(row.get(c, row.get("error", "") if c == "bytes/vector" else "")) for c in columns))
+    console.print(table)
+    console.print(f"report: {report}", highlight=False)
+
+
 @app.command()
 def classify(
     model: ModelArg,
@@ -315,7 +342,7 @@ def main() -> None:
     try:
         app()
     except PolymodalError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}", highlight=False)  # one line
         sys.exit(2)
 
 

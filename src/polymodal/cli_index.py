@@ -36,6 +36,14 @@ ModelOpt = Annotated[str | None, typer.Option(
     help="Model directory (or 'quickstart'); default: the model that built the store.")]
 ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --model differs from its model.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
+BackendOpt = Annotated[str | None, typer.Option(
+    help="Search index: exact, hnsw, ivfpq, lsh, binary or kdtree; default: the store's (exact).")]
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    help="Backend parameter KEY=VALUE (repeatable), e.g. quantizer=int8, m=32, ef_search=128, nprobe=16.")]
+RerankOpt = Annotated[int | None, typer.Option(
+    min=0, help="Re-score the top RERANK x k candidates with the stored float32 vectors (0: off).")]
+BudgetOpt = Annotated[str | None, typer.Option(
+    help="Choose the index that fits this memory, e.g. 2GB (as autofaiss does).")]
 
 
 class _Speed(ProgressColumn):
@@ -57,7 +65,10 @@ def index_update(
     store: Annotated[Path | None, typer.Option(help="The store to write; default SOURCE.pm beside SOURCE.")] = None,
     model: ModelOpt = None,
     reembed: ReembedOpt = False,
-    backend: Annotated[str | None, typer.Option(help="Search index backend; default: the store's (exact).")] = None,
+    backend: BackendOpt = None,
+    param: ParamOpt = None,
+    rerank: RerankOpt = None,
+    memory_budget: BudgetOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
     workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes (0: in this process).")] = 2,
     max_pixels: Annotated[int, typer.Option(
@@ -73,8 +84,9 @@ def index_update(
 
     options = IndexOptions(batch_size=batch_size, num_workers=workers, flush_every=flush_every,
                            max_pixels=max_pixels)
+    spec = _index_spec(backend, param, rerank, memory_budget)
     if quiet or as_json:
-        result = index(source, store, model, reembed=reembed, options=options, device=device, backend=backend)
+        result = index(source, store, model, reembed=reembed, options=options, device=device, spec=spec)
     else:
         with _progress_bar() as bar:
             jobs: dict[str, Any] = {}
@@ -84,8 +96,8 @@ def index_update(
                     jobs[stage] = bar.add_task(stage, total=total)
                 bar.update(jobs[stage], completed=done, total=total)
 
-            result = index(source, store, model, reembed=reembed, options=options, device=device,
-                           backend=backend, progress=progress)
+            result = index(source, store, model, reembed=reembed, options=options, device=device, spec=spec,
+                           progress=progress)
     if as_json:
         print(json.dumps({"store": str(result.store), "index": result.index, "compacted": result.compacted,
                           "sources": [vars(r) for r in result.reports]}, indent=2, default=str))
@@ -140,14 +152,28 @@ def index_info_cmd(store: StoreArg, as_json: JsonOpt = False) -> None:
 
 
 @index_app.command("build")
-def index_build(store: StoreArg, backend: Annotated[str, typer.Option(help="Index backend.")] = "exact") -> None:
-    """Rebuild STORE's search index (e.g. with another backend)."""
-    from polymodal.index.build import build_index
+def index_build(store: StoreArg, backend: BackendOpt = None, param: ParamOpt = None, rerank: RerankOpt = None,
+                memory_budget: BudgetOpt = None) -> None:
+    """Rebuild STORE's search index, e.g. with another backend or under a memory budget."""
+    from polymodal.index.build import build_spec
     from polymodal.index.store import Store
 
     with Store(store, writable=True) as opened:
-        built = build_index(opened, backend)
-    console.print(f"built {built['backend']} index of {store}: {built['counts']}")
+        built = build_spec(opened, _index_spec(backend, param, rerank, memory_budget))
+    console.print(f"built {built['backend']} {built['params']} index of {store}: {built['counts']} items, "
+                  f"{built['bytes']} bytes{'; ' + built['reason'] if built['reason'] else ''}", highlight=False)
+
+
+def _index_spec(backend: str | None, param: list[str] | None, rerank: int | None, budget: str | None) -> Any:
+    from polymodal.index.auto import parse_bytes
+    from polymodal.index.build import IndexSpec, parse_params
+
+    if budget and (backend or param):
+        from polymodal.errors import StoreError
+
+        raise StoreError("--memory-budget chooses the backend and its parameters; drop --backend/--param")
+    return IndexSpec(backend, parse_params(param) if param else None, rerank,
+                     parse_bytes(budget) if budget else None)
 
 
 def search(
@@ -185,3 +211,26 @@ def search(
     for rank, hit in enumerate(hits, 1):
         table.add_row(str(rank), str(hit.id), f"{hit.score:.3f}", hit.text if hit.modality == "text" else hit.uri)
     console.print(table)
+
+
+def dedup(
+    store: StoreArg,
+    threshold: Annotated[float, typer.Option(help="Cosine similarity from which two images count as duplicates.")
+                         ] = 0.95,
+    as_json: JsonOpt = False,
+) -> None:
+    """List groups of duplicate and near-duplicate images in STORE, from their embeddings."""
+    from dataclasses import asdict
+
+    from polymodal.index.dedup import find_duplicates
+
+    groups = find_duplicates(store, threshold)
+    if as_json:
+        print(json.dumps([asdict(g) for g in groups], indent=2))
+        return
+    for number, group in enumerate(groups, 1):
+        console.print(f"[bold]group {number}[/bold] ({len(group.ids)} images, similarity >= "
+                      f"{group.min_similarity:.3f})", highlight=False)
+        for item_id, uri in zip(group.ids, group.uris, strict=True):
+            console.print(f"  {item_id}  {uri}", highlight=False)
+    console.print(f"{len(groups)} groups, {sum(len(g.ids) for g in groups)} images")

@@ -20,6 +20,8 @@ from polymodal.errors import StoreError
 from polymodal.eval.embed import embed_images
 from polymodal.factory import get_transforms, load_model
 from polymodal.index.api import index, info, remove_items
+from polymodal.index.dedup import find_duplicates
+from polymodal.index.evaluate import Config, evaluate_index
 from polymodal.index.pipeline import IndexOptions
 from polymodal.index.search import Searcher
 from polymodal.index.store import VECTOR_DIR, Store
@@ -253,3 +255,87 @@ def test_index_help_explains_the_default_command() -> None:
     assert result.exit_code == 0 and "SOURCE.pm" in result.output
     for command in ("update", "add", "remove", "info", "build"):
         assert command in result.output
+
+
+def test_dedup_groups_copies_and_near_copies(tmp_path: Path, model_dir: Path) -> None:
+    photos = make_photos(tmp_path / "photos", n=6)
+    shutil.copy(photos / "p0.png", photos / "copy-of-p0.png")
+    near = np.asarray(Image.open(photos / "p2.png")).copy()
+    near[0, 0] = 255 - near[0, 0]  # one pixel changed: a near duplicate
+    Image.fromarray(near).save(photos / "near-p2.png")
+    index(str(photos), model=str(model_dir), options=OPTIONS)
+    store = tmp_path / "photos.pm"
+    groups = find_duplicates(store, threshold=0.999)
+    named = [{Path(u).name for u in g.uris} for g in groups]
+    assert {"p0.png", "copy-of-p0.png"} in named and {"p2.png", "near-p2.png"} in named
+    assert all(len(g) == 2 for g in named)
+    exact = next(g for g in groups if {Path(u).name for u in g.uris} == {"p0.png", "copy-of-p0.png"})
+    assert exact.min_similarity == pytest.approx(1.0, abs=1e-5)
+    with Store(store) as opened:
+        ids, vectors = opened.live_vectors("image")
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -1)
+    loose = float(np.sort(similarity.ravel())[-len(ids) * 2])  # a threshold that joins many more
+    assert sum(len(g.ids) for g in find_duplicates(store, threshold=loose)) > 4
+    result = runner.invoke(app, ["dedup", str(store), "--threshold", "0.999", "--json"], env=ENV)
+    assert result.exit_code == 0 and len(json.loads(result.output)) == len(groups)
+
+
+def test_eval_index_reports_every_backend_against_exact(tmp_path: Path, model_dir: Path) -> None:
+    captions = make_shapes_dataset(tmp_path / "shapes", per_class=4)
+    index(str(captions.parent), model=str(model_dir), options=OPTIONS)
+    store = tmp_path / "shapes.pm"
+    configs = [Config("exact fp32", "exact"), Config("exact binary", "exact", {"quantizer": "binary"}),
+               Config("binary + rerank", "exact", {"quantizer": "binary"}, rerank=10),
+               Config("hnsw", "hnsw", {"m": 8}), Config("ivfpq", "ivfpq", {"m": 8})]
+    evaluation = evaluate_index(store, configs, max_queries=40)
+    rows = {r["config"]: r for r in evaluation.tables["backends"]}
+    reference = rows["exact fp32"]
+    assert all(reference[f"{d} recall@10"] == 1.0 for d in ("t2i", "i2i", "i2t"))
+    assert reference["bytes/vector"] == 24 * 4 and rows["exact binary"]["bytes/vector"] == 24 / 8
+    assert rows["binary + rerank"]["recall@10"] >= rows["exact binary"]["recall@10"]
+    assert reference["pareto"]  # nothing is both as exact and smaller and faster
+    assert "needs at least" in rows["ivfpq"]["error"]  # 144 vectors cannot train 256 centroids
+    # task numbers from exact search match a direct computation on the captions
+    with Store(store) as opened:
+        image_ids, images = opened.live_vectors("image")
+        texts = list(opened.live_items("text"))
+        text_vectors = opened.vectors([t.id for t in texts])
+        uri_of = {i.id: i.uri for i in opened.live_items("image")}
+    rng = np.random.default_rng(0)  # as evaluate_index samples: image queries first, then captions
+    rng.choice(len(image_ids), 40, replace=False)
+    picked = rng.choice(len(texts), 40, replace=False)
+    best = image_ids[np.argsort(-(text_vectors[picked] @ images.T), axis=1, kind="stable")[:, :10]]
+    hits = [texts[p].metadata["image"] in {uri_of[int(i)] for i in row} for p, row in zip(picked, best, strict=True)]
+    assert reference["t2i task R@10"] == pytest.approx(100 * np.mean(hits), abs=0.01)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "index", str(store), "--out", str(out), "--queries", "20"], env=ENV)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "result.json").read_text())
+    assert {r["config"] for r in saved["tables"]["backends"]} >= {"exact fp32", "hnsw fp32", "exact int8"}
+    assert (out / "recall_qps.png").is_file() and "exact fp32" in (out / "report.md").read_text()
+
+
+def test_backend_choice_persists_and_search_uses_it(tmp_path: Path, model_dir: Path) -> None:
+    captions = make_shapes_dataset(tmp_path / "shapes", per_class=2)
+    store = tmp_path / "shapes.pm"
+    result = runner.invoke(app, ["index", str(captions.parent), "--model", str(model_dir), "--workers", "0",
+                                 "--backend", "hnsw", "--param", "m=8", "--param", "quantizer=int8", "--rerank", "5"],
+                           env=ENV)
+    assert result.exit_code == 0, result.output
+    built = info(store)["index"]
+    assert (built["backend"], built["params"], built["rerank"]) == ("hnsw", {"m": 8, "quantizer": "int8"}, 5)
+    photo = captions.parent / "images" / "red-circle-0.png"
+    photo.unlink()
+    index(str(captions.parent), options=OPTIONS)  # an update keeps the store's backend
+    assert info(store)["index"]["backend"] == "hnsw" and info(store)["index"]["fresh"]
+    with Searcher(store) as searcher:
+        exact = Searcher(store)
+        exact._indexes.clear()
+        query = searcher.query_vector("a blue square")
+        assert [h.id for h in searcher.search_vector(query, 5)] == [h.id for h in exact.search_vector(query, 5)]
+    budget = runner.invoke(app, ["index", "build", str(store), "--memory-budget", "1GB"], env=ENV)
+    assert budget.exit_code == 0 and "exact" in budget.output and info(store)["index"]["backend"] == "exact"
+    both = subprocess.run([sys.executable, "-m", "polymodal.cli", "index", "build", str(store), "--memory-budget",
+                           "1GB", "--backend", "hnsw"], capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "drop --backend" in both.stderr

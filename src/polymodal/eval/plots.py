@@ -97,9 +97,24 @@ def association(ax: Axes, data: dict[str, Any]) -> None:
     ax.set_xlabel("effect size d (red: p < 0.05)")
 
 
+def recall_qps(ax: Axes, data: dict[str, Any]) -> None:
+    """One point per index configuration; Pareto-optimal ones filled and labelled."""
+    for point in data["points"]:
+        pareto = point["pareto"]
+        ax.scatter(point["qps"], point["recall"], s=40, marker="o",
+                   facecolors="tab:blue" if pareto else "none", edgecolors="tab:blue")
+        ax.annotate(point["label"], (point["qps"], point["recall"]), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points", alpha=1.0 if pareto else 0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per second (log)")
+    ax.set_ylabel("recall@10 vs exact float32")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+
+
 DRAWERS: dict[str, Callable[[Axes, dict[str, Any]], None]] = {
     "recall_curve": recall_curve, "similarity_histogram": similarity_histogram, "confusion": confusion,
-    "per_class": per_class, "few_shot": few_shot, "association": association,
+    "per_class": per_class, "few_shot": few_shot, "association": association, "recall_qps": recall_qps,
 }
 
 

@@ -154,10 +154,10 @@ def _markdown(evaluation: Evaluation, plots: list[Plot]) -> str:
     for title, rows in evaluation.tables.items():
         if not rows:
             continue
-        columns = list(rows[0])
+        columns = list(dict.fromkeys(c for row in rows for c in row))  # rows may lack some (an error row)
         lines += [f"## {title}", "", "| " + " | ".join(map(format_value, columns)) + " |",
                   "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(format_value(row[c]) for c in columns) + " |" for row in rows]
+        lines += ["| " + " | ".join(format_value(row.get(c, "")) for c in columns) + " |" for row in rows]
         lines.append("")
     if evaluation.skipped:
         lines += [f"## Skipped ({len(evaluation.skipped)})", ""]

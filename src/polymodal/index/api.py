@@ -16,7 +16,7 @@ from typing import Any
 from polymodal.checkpoint import replace_dir
 from polymodal.errors import StoreError
 from polymodal.eval.runner import EvalOptions, LoadedModel, load_for_eval
-from polymodal.index.build import build_index, index_info
+from polymodal.index.build import IndexSpec, build_index, build_spec, index_info
 from polymodal.index.pipeline import DEFAULT_OPTIONS, Encoder, IndexOptions, IndexReport, index_source
 from polymodal.index.reader import Progress
 from polymodal.index.store import Store
@@ -67,7 +67,7 @@ class IndexResult:
 
 
 def index(source: str, store: str | Path | None = None, model: str | None = None, *, reembed: bool = False,
-          options: IndexOptions = DEFAULT_OPTIONS, device: str = "", backend: str | None = None,
+          options: IndexOptions = DEFAULT_OPTIONS, device: str = "", spec: IndexSpec | None = None,
           progress: Progress | None = None) -> IndexResult:
     """Create or update the store of `source` and rebuild its search index.
 
@@ -75,6 +75,7 @@ def index(source: str, store: str | Path | None = None, model: str | None = None
     for an existing store is refused unless `reembed`, which rebuilds the store's vectors
     from all its sources with the new model (atomically: the old store stays until the
     new one is complete)."""
+    spec = spec or IndexSpec()
     path = Path(store) if store else default_store_path(source)
     exists = (path / "manifest.json").exists()
     if exists and reembed and model:
@@ -85,18 +86,17 @@ def index(source: str, store: str | Path | None = None, model: str | None = None
     loaded = store_model(path, model, device) if exists else load_encoder(str(model), device)
     with Store.open_or_create(path, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,
                               model_path=str(loaded.path.resolve())) as opened:
-        return _update(opened, loaded, [source], options, backend, progress)
+        return _update(opened, loaded, [source], options, spec, progress)
 
 
-def _update(store: Store, loaded: LoadedModel, sources: list[str], options: IndexOptions, backend: str | None,
+def _update(store: Store, loaded: LoadedModel, sources: list[str], options: IndexOptions, spec: IndexSpec,
             progress: Progress | None) -> IndexResult:
     encoder = Encoder(loaded.model, loaded.tokenizer, loaded.transform)
     reports = [index_source(store, encoder, s, options, progress) for s in sources]
     compacted = store.compact() if store.garbage_fraction() > COMPACT_AT else 0
     built = index_info(store.path)
-    stale = built.get("generation") != store.generation or (backend and backend != built.get("backend"))
-    if stale:
-        built = build_index(store, backend)
+    if spec or built.get("generation") != store.generation:
+        built = build_spec(store, spec)
     return IndexResult(store.path, reports, built, compacted)
 
 
@@ -105,7 +105,8 @@ def reembed_store(path: Path, model: str, extra_source: str | None = None, optio
     """Rebuild the store at `path` from its recorded sources with `model`."""
     with Store(path) as old:
         sources = old.roots
-        backend = old.manifest.index.get("backend")
+        config = old.manifest.index
+        spec = IndexSpec(config.get("backend"), config.get("params"), config.get("rerank"))
     if extra_source and extra_source not in sources and str(Path(extra_source).resolve()) not in sources:
         sources.append(extra_source)
     loaded = load_encoder(model, device)
@@ -113,7 +114,7 @@ def reembed_store(path: Path, model: str, extra_source: str | None = None, optio
     try:
         with Store.create(tmp, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,
                           model_path=str(loaded.path.resolve())) as new:
-            result = _update(new, loaded, sources, options, backend, progress)
+            result = _update(new, loaded, sources, options, spec, progress)
         with Store(path, writable=True):  # hold the writer lock while swapping
             replace_dir(tmp, path)
     finally:
