@@ -111,6 +111,10 @@ def index_update(
                           f"  [yellow]skipped[/yellow] {uri}: {reason}", highlight=False)
         if len(report.skipped) > 20:
             console.print(f"  ... and {len(report.skipped) - 20} more (`polymodal index info --json`)")
+        if report.dropped:
+            example = next(iter(report.dropped.items()))
+            console.print(f"  [yellow]{len(report.dropped)} source entries had no usable image[/yellow], e.g. "
+                          f"{example[0]}: {example[1]}", highlight=False)
     counts = result.index.get("counts", {})
     console.print(f"store {result.store}: {counts.get('image', 0)} images, {counts.get('text', 0)} texts; "
                   f"index {result.index.get('backend')}", highlight=False)

@@ -10,6 +10,7 @@ import pytest
 from polymodal.errors import StoreError
 from polymodal.index.auto import choose_index
 from polymodal.index.backends import BACKENDS, ExactBackend, make_backend
+from polymodal.index.evaluate import _flag_pareto
 from polymodal.index.quantizers import QUANTIZERS, make_quantizer, training_sample
 from polymodal.index.topk import exact_top_k
 
@@ -153,3 +154,13 @@ def test_memory_budget_choice(n: int, dim: int, budget: int, backend: str) -> No
 def test_a_budget_too_small_for_anything_is_an_error() -> None:
     with pytest.raises(StoreError, match="budget"):
         choose_index(10_000_000, 512, 10 * 2 ** 20)
+
+
+def test_pareto_flags() -> None:
+    rows = [{"config": "a", "recall@10": 1.0, "qps": 100, "bytes/vector": 400},
+            {"config": "b", "recall@10": 0.9, "qps": 1000, "bytes/vector": 100},
+            {"config": "c", "recall@10": 0.8, "qps": 900, "bytes/vector": 100},  # b beats it on all three
+            {"config": "d", "recall@10": 0.5, "qps": 50, "bytes/vector": 4},  # smallest: on the front
+            {"config": "e", "error": "could not train"}]
+    _flag_pareto(rows)
+    assert [r.get("pareto") for r in rows] == [True, True, False, True, None]

@@ -22,7 +22,8 @@ from typing import Any
 
 from polymodal.data.records import ImageRef
 from polymodal.data.resolve import TABLE_SUFFIXES, captions_source, resolve_source
-from polymodal.data.sources import image_files, load_captions, load_source
+from polymodal.data.sources import image_files, load_source
+from polymodal.data.tables import column, read_table
 from polymodal.errors import DataError
 from polymodal.index.store import Item, NewItem, Store
 
@@ -50,22 +51,47 @@ class SourceListing:
 def list_source(spec: str) -> SourceListing:
     """Every image (and its captions) that `spec` names."""
     path = Path(spec)
-    if path.is_dir() and not _has_captions_table(path):
-        root = path.resolve()
-        return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in image_files(root)])
     if path.is_dir():
-        table = next(p for p in sorted(path.iterdir()) if _is_captions_table(p))
-        pairs = load_captions(captions_source(table))
-        source = str(path.resolve())
-    else:
-        pairs = load_source(resolve_source(spec))
-        source = str(path.resolve()) if path.exists() else spec
+        return _list_folder(path.resolve())
+    pairs = load_source(resolve_source(spec))
+    source = str(path.resolve()) if path.exists() else spec
     images = [_found(_absolute(r.image), r.captions) for r in pairs.records]
     return SourceListing(source, images, dict(pairs.dropped))
 
 
-def _has_captions_table(folder: Path) -> bool:
-    return any(_is_captions_table(p) for p in folder.iterdir())
+def _list_folder(root: Path) -> SourceListing:
+    """Every image under `root`; a captions table in it (captions.jsonl/.csv/.tsv) gives
+    images their captions. Its image column may name files relative to the folder or,
+    when that finds nothing, by file name anywhere below it (captions.tsv beside images/)."""
+    files = image_files(root)
+    table = next((p for p in sorted(root.iterdir()) if _is_captions_table(p)), None)
+    if table is None:
+        return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in files])
+    cfg = captions_source(table)
+    captions: dict[str, list[str]] = {}
+    for number, row in enumerate(read_table(table), 1):
+        texts = captions.setdefault(str(column(row, cfg.image_column, table, number)), [])
+        for name in cfg.caption_columns:
+            value = column(row, name, table, number)
+            texts += [v.strip() for v in (value if isinstance(value, list) else [value])
+                      if isinstance(v, str) and v.strip()]
+    by_path = {str(p.resolve()): p for p in files}
+    names: dict[str, list[Path]] = {}
+    for p in files:
+        names.setdefault(p.name, []).append(p)
+    matched: dict[str, tuple[str, ...]] = {}
+    dropped: dict[str, str] = {}
+    for key, texts in captions.items():
+        target = str((root / key).resolve())
+        if target not in by_path:
+            candidates = names.get(Path(key).name, [])
+            target = str(candidates[0].resolve()) if len(candidates) == 1 else ""
+        if not target:
+            dropped[key] = "captioned image not found in the folder"
+        else:
+            matched[target] = tuple(dict.fromkeys(texts))
+    images = [_found(ImageRef(uri), matched.get(uri, ())) for uri in (str(p.resolve()) for p in files)]
+    return SourceListing(str(root), images, dropped)
 
 
 def _is_captions_table(path: Path) -> bool:

@@ -1,0 +1,85 @@
+"""The indexing stages one at a time: the reader's plan, the encoder's batches, the
+writer's commits."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.factory import get_tokenizer, get_transforms, load_model
+from polymodal.index.pipeline import Encoder, IndexOptions, encode_batches, index_source
+from polymodal.index.reader import list_source, plan_run, sha256_of
+from polymodal.index.store import VECTOR_DIR, NewItem, Store
+from tests.helpers import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+    path = save_tiny_model(tmp_path_factory.mktemp("model") / "model")
+    model = load_model(path)
+    return Encoder(model, get_tokenizer(path), get_transforms(model.config))
+
+
+def photos(root: Path, n: int) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(root / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_reader_plan_sorts_files_into_unchanged_reuse_embed_and_remove(tmp_path: Path) -> None:
+    files = photos(tmp_path / "src", 4)
+    store = Store.create(tmp_path / "s.pm", model_id="m", dim=3)
+    listing = list_source(str(tmp_path / "src"))
+    found = {Path(f.uri).name: f for f in listing.images}
+    items = [NewItem(f.uri, "image", sha256_of(f.ref), f.size, f.mtime_ns, metadata={"source": listing.source})
+             for f in found.values()]
+    store.add(items, np.eye(4, 3, dtype=np.float32) + 0.1)
+    os.utime(files[0], ns=(5, 5))  # touched
+    shutil.copy(files[1], tmp_path / "src" / "copy.png")  # copied
+    (tmp_path / "src" / "2.png").unlink()  # removed
+    Image.new("RGB", (9, 9)).save(tmp_path / "src" / "new.png")  # new content
+    plan = plan_run(store, list_source(str(tmp_path / "src")))
+    assert plan.unchanged == 2  # 1.png and 3.png
+    assert sorted(Path(f.uri).name for f, _ in plan.reuse) == ["0.png", "copy.png"]
+    assert [Path(f.uri).name for f, _ in plan.embed] == ["new.png"]
+    assert store.items(plan.remove)[0].uri.endswith("2.png") and len(plan.remove) == 1
+
+
+def test_encoder_batches_match_the_model_and_name_unreadable_positions(tmp_path: Path, encoder: Encoder) -> None:
+    files = photos(tmp_path, 5)
+    files[2].write_bytes(b"broken")
+    listing = list_source(str(tmp_path))
+    batches = list(encode_batches(encoder, listing.images, IndexOptions(batch_size=2)))
+    assert [len(positions) + len(bad) for positions, _, bad in batches] == [2, 2, 1]
+    positions = [p for ps, _, _ in batches for p in ps]
+    vectors = np.concatenate([v for _, v, _ in batches])
+    bad = [b for _, _, bs in batches for b in bs]
+    assert positions == [0, 1, 3, 4] and bad[0][0] == 2 and "2.png" in bad[0][1]
+    with torch.no_grad():
+        expected = encoder.model.encode_image(encoder.transform.batch([files[i] for i in positions]))
+    np.testing.assert_allclose(vectors, expected.numpy(), atol=1e-5)
+
+
+def test_writer_commits_every_flush(tmp_path: Path, encoder: Encoder) -> None:
+    photos(tmp_path / "src", 7)
+    store = Store.create(tmp_path / "s.pm", model_id="m", dim=encoder.model.config.embed_dim)
+    generations = []
+    original = store.add
+
+    def counting_add(items: list, vectors: np.ndarray | None = None) -> list[int]:
+        ids = original(items, vectors)
+        generations.append(len(items))
+        return ids
+
+    store.add = counting_add  # type: ignore[method-assign]
+    report = index_source(store, encoder, str(tmp_path / "src"), IndexOptions(batch_size=2, flush_every=3))
+    assert report.embedded == 7 and generations == [4, 3]  # flushed after 4 (>= 3), then the rest
+    assert len(list((store.path / VECTOR_DIR).iterdir())) == 2
