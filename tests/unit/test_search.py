@@ -126,3 +126,15 @@ def test_reranking_with_stored_vectors_recovers_the_exact_order(tmp_path: Path) 
         recall[rerank] = np.mean([len(f & t) / 10 for f, t in zip(found, truth, strict=True)])
     # 32 sign bits rank 400 random vectors coarsely; re-scoring the top 100 in float32 fixes most
     assert recall[0] < 0.5 and recall[10] > 0.8, recall
+
+
+def test_top_k_with_many_ties_matches_a_full_sort() -> None:
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 4, size=(6, 300)).astype(np.float32)  # Hamming-like: ties everywhere
+    ids = rng.permutation(1000)[:300]
+    for k in (1, 5, 40):
+        got_scores, got_ids = exact_top_k(np.eye(6, dtype=np.float32), scores.T.copy(), ids, k)
+        for row in range(6):
+            order = np.lexsort((ids, -scores[row]))[:k]
+            assert got_ids[row].tolist() == ids[order].tolist()
+            np.testing.assert_array_equal(got_scores[row], scores[row, order])

@@ -25,31 +25,41 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: in
                 score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product (or by `score(queries, block)` over stored codes), blockwise;
-    ties go to the smaller id, so results are stable."""
+    ties go to the smaller id, so results are stable. Each block is cut to its own top k
+    before merging, so no block-sized array is copied."""
     score = score or (lambda q, block: q @ block.T)
     nq = len(queries)
     best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     best_ids = np.full((nq, k), -1, dtype=np.int64)
     for start in range(0, len(vectors), BLOCK_ROWS):
-        scores = score(queries, vectors[start:start + BLOCK_ROWS])
-        block_ids = np.broadcast_to(ids[start:start + BLOCK_ROWS], scores.shape)
+        scores, found = merge_top_k(score(queries, vectors[start:start + BLOCK_ROWS]),
+                                    ids[start:start + BLOCK_ROWS], k)
         best_scores, best_ids = merge_top_k(np.concatenate([best_scores, scores], axis=1),
-                                            np.concatenate([best_ids, block_ids], axis=1), k)
+                                            np.concatenate([best_ids, found], axis=1), k)
     return best_scores, best_ids
 
 
 def merge_top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best columns per row, sorted by score descending, then id ascending; padding
-    (-inf scores, id -1) sorts last."""
-    if scores.shape[1] > k:
+    (-inf scores, id -1) sorts last. `ids` is (rows, n), or (n,) shared by every row."""
+    rows, n = scores.shape
+    if ids.ndim == 1:
+        ids = np.broadcast_to(ids, scores.shape)  # a view: nothing is copied
+    if n > k:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        # argpartition may split a tie at the k-th score arbitrarily: widen to every tied column
-        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-        if (np.sum(scores >= kth, axis=1) > k).any():
-            part = np.argsort(-scores, axis=1, kind="stable")[:, : max(k, int(np.sum(scores >= kth, axis=1).max()))]
-        scores, ids = np.take_along_axis(scores, part, axis=1), np.take_along_axis(ids, part, axis=1)
-    sort_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
-    order = np.lexsort((sort_ids, -scores), axis=1)[:, :k]
+        top, top_ids = np.take_along_axis(scores, part, axis=1), np.take_along_axis(ids, part, axis=1)
+        # argpartition splits a tie at the k-th score arbitrarily; those rows (rare for float
+        # scores, common for Hamming ones) pick among every tied column by id
+        kth = top.min(axis=1)
+        for row in np.flatnonzero(np.count_nonzero(scores >= kth[:, None], axis=1) > k):
+            columns = np.flatnonzero(scores[row] >= kth[row])
+            order = np.lexsort((_id_key(ids[row, columns]), -scores[row, columns]))[:k]
+            top[row], top_ids[row] = scores[row, columns[order]], ids[row, columns[order]]
+        scores, ids = top, top_ids
+    order = np.lexsort((_id_key(ids), -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def _id_key(ids: np.ndarray) -> np.ndarray:
+    """Sort key of ids: padding (-1) after every real id."""
+    return np.where(ids < 0, np.iinfo(np.int64).max, ids)
