@@ -81,13 +81,7 @@ def classify_folder(model: DualEncoder, tokenizer: Tokenizer, transform: ImageTr
     except DataError:  # every file unreadable: still report each one
         return [Labelled(str(f), "", float("nan"), float("nan"), [], "unreadable image") for f in files]
     scores = images.embeds @ classes.T
-    scale, bias = model.logit_params()
-    logits = float(scale.detach()) * scores
-    if bias is not None:  # SigLIP: each class is an independent yes/no
-        probabilities = 1.0 / (1.0 + np.exp(-(logits + float(bias.detach()))))
-    else:
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+    probabilities = class_probabilities(model, scores)
     rows: dict[int, Labelled] = {}
     for row, i in enumerate(images.kept):
         order = np.argsort(-scores[row], kind="stable")[:top_k]
@@ -99,6 +93,17 @@ def classify_folder(model: DualEncoder, tokenizer: Tokenizer, transform: ImageTr
     errors = dict(images.skipped)
     return [rows.get(i) or Labelled(str(f), "", float("nan"), float("nan"), [], errors.get(str(f), "unreadable"))
             for i, f in enumerate(files)]
+
+
+def class_probabilities(model: DualEncoder, scores: np.ndarray) -> np.ndarray:
+    """(N, C) cosine similarities -> probabilities at the model's temperature: a softmax over
+    the classes, or for SigLIP models (which have a logit bias) an independent sigmoid each."""
+    scale, bias = model.logit_params()
+    logits = float(scale.detach()) * scores
+    if bias is not None:
+        return 1.0 / (1.0 + np.exp(-(logits + float(bias.detach()))))
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
 def write_rows(rows: Sequence[Labelled], out: str | Path) -> None:

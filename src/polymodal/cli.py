@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from polymodal import __version__
-from polymodal.cli_index import dedup, index_app, search
+from polymodal.cli_index import dedup, index_app, search, serve
 from polymodal.errors import PolymodalError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
@@ -31,6 +31,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(index_app, name="index")
 app.command("search")(search)
 app.command("dedup")(dedup)
+app.command("serve")(serve)
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")]

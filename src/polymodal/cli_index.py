@@ -238,3 +238,25 @@ def dedup(
         for item_id, uri in zip(group.ids, group.uris, strict=True):
             console.print(f"  {item_id}  {uri}", highlight=False)
     console.print(f"{len(groups)} groups, {sum(len(g.ids) for g in groups)} images")
+
+
+def serve(
+    store: StoreArg,
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps it to this machine.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    model: ModelOpt = None,
+    device: DeviceOpt = "",
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest accepted upload, in MB.")] = 20.0,
+) -> None:
+    """Serve STORE over HTTP: search, items, thumbnails, zero-shot classification (API docs at /docs)."""
+    import uvicorn
+
+    from polymodal.serve.app import create_app
+    from polymodal.serve.service import Limits, SearchService
+
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20))
+    service = SearchService(store, model=model, device=device, limits=limits)
+    console.print(f"serving {store} on http://{host}:{port} (API docs: http://{host}:{port}/docs); Ctrl-C stops",
+                  highlight=False)
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

@@ -63,10 +63,16 @@ def _list_folder(root: Path) -> SourceListing:
     """Every image under `root`; a captions table in it (captions.jsonl/.csv/.tsv) gives
     images their captions. Its image column may name files relative to the folder or,
     when that finds nothing, by file name anywhere below it (captions.tsv beside images/)."""
-    files = image_files(root)
+    files, escaping = [], {}
+    for path in image_files(root):
+        # a symlink to a file outside the folder is not indexed: serving would refuse it anyway
+        if path.resolve().is_relative_to(root):
+            files.append(path)
+        else:
+            escaping[str(path)] = "a symbolic link out of the indexed folder; not indexed"
     table = next((p for p in sorted(root.iterdir()) if _is_captions_table(p)), None)
     if table is None:
-        return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in files])
+        return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in files], escaping)
     cfg = captions_source(table)
     captions: dict[str, list[str]] = {}
     for number, row in enumerate(read_table(table), 1):
@@ -80,7 +86,7 @@ def _list_folder(root: Path) -> SourceListing:
     for p in files:
         names.setdefault(p.name, []).append(p)
     matched: dict[str, tuple[str, ...]] = {}
-    dropped: dict[str, str] = {}
+    dropped: dict[str, str] = dict(escaping)
     for key, texts in captions.items():
         target = str((root / key).resolve())
         if target not in by_path:

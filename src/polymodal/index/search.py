@@ -28,6 +28,7 @@ from polymodal.index.build import index_info, load_index
 from polymodal.index.query import parse_query
 from polymodal.index.store import MODALITIES, Item, Store
 from polymodal.inference import embed_texts, model_device
+from polymodal.transforms import ImageSource
 
 # Below this share of items passing the filter, search only among them; above, over-fetch.
 PUSH_DOWN_BELOW = 0.1
@@ -146,14 +147,24 @@ class Searcher:
             self._loaded = store_model(self.store.path, self._model_spec, self._device)
         return self._loaded
 
+    @property
+    def model(self) -> LoadedModel:
+        """The store's model (loaded on first use)."""
+        return self._model()
+
     @torch.no_grad()
-    def _embed_term(self, loaded: LoadedModel, text: str, image: str) -> np.ndarray:
-        if text:
-            return embed_texts(loaded.model, loaded.tokenizer, [text])[0].cpu().numpy()
-        pixels = loaded.transform(Path(image)).unsqueeze(0).to(model_device(loaded.model))
+    def embed_image(self, image: ImageSource) -> np.ndarray:
+        """The (dim,) embedding of an image (a path, encoded bytes or a Pillow image)."""
+        loaded = self._model()
+        pixels = loaded.transform(image).unsqueeze(0).to(model_device(loaded.model))
         embeds = loaded.model.eval().encode_image(pixels).float()
         check_finite(embeds, "image")
         return embeds[0].cpu().numpy()
+
+    def _embed_term(self, loaded: LoadedModel, text: str, image: str) -> np.ndarray:
+        if text:
+            return embed_texts(loaded.model, loaded.tokenizer, [text])[0].cpu().numpy()
+        return self.embed_image(Path(image))
 
     def _index(self, modality: str) -> tuple[Backend, int] | None:
         """The modality's index and its re-rank factor; None when the store has no such items."""

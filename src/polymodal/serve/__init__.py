@@ -1,0 +1,1 @@
+"""Serving a store over HTTP: schemas, the HTTP-free SearchService, the FastAPI app."""

@@ -1,0 +1,127 @@
+"""The FastAPI app over a `SearchService`. Routes only translate HTTP to service calls;
+errors become JSON (`{"error": ...}`) with no stack traces.
+
+    app = create_app(SearchService("photos.pm"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from polymodal import __version__
+from polymodal.errors import PolymodalError
+from polymodal.index.search import Filter, parse_filters
+from polymodal.serve.schemas import ClassifyOut, ErrorOut, HealthOut, ItemOut, Modality, SearchOut
+from polymodal.serve.service import NotFound, SearchService, TooLarge
+
+log = logging.getLogger("polymodal.serve")
+
+ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut},
+                                           413: {"model": ErrorOut}}
+K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
+WhereQ = Annotated[list[str] | None, Query(description="Metadata filter KEY=VALUE (repeatable).")]
+PathQ = Annotated[str, Query(max_length=500, description="Only items whose path matches this glob.")]
+
+
+def create_app(service: SearchService) -> FastAPI:
+    app = FastAPI(title="polymodal", version=__version__, description=(
+        "Search an image-text store by text, image or item; read items; classify an image zero-shot."))
+    _errors(app)
+
+    @app.get("/api/health", response_model=HealthOut, tags=["service"])
+    def health() -> HealthOut:
+        return service.health()
+
+    @app.get("/api/search", response_model=SearchOut, responses=ERRORS, tags=["search"])
+    def search(q: Annotated[str, Query(min_length=1, max_length=1000, description=(
+                   "Text, or arithmetic of texts: 'beach + 2:dog - people'."))],
+               k: K = 10, modality: Modality = "image", where: WhereQ = None, path: PathQ = "") -> SearchOut:
+        return service.search_text(_text_only(q), k, modality, _filter(where, path))
+
+    @app.post("/api/search/image", response_model=SearchOut, responses=ERRORS, tags=["search"])
+    def search_image(file: Annotated[UploadFile, File(description="An image file.")], k: Annotated[int, Form(
+                         ge=1, le=200)] = 10, modality: Annotated[Modality, Form()] = "image") -> SearchOut:
+        return service.search_image(_read_upload(file, service), k, modality)
+
+    @app.get("/api/items/{item_id}/similar", response_model=SearchOut, responses=ERRORS, tags=["search"])
+    def similar(item_id: int, k: K = 10, modality: Modality = "image", where: WhereQ = None,
+                path: PathQ = "") -> SearchOut:
+        return service.similar(item_id, k, modality, _filter(where, path))
+
+    @app.get("/api/items/{item_id}", response_model=ItemOut, responses=ERRORS, tags=["items"])
+    def item(item_id: int) -> ItemOut:
+        return service.item(item_id)
+
+    @app.get("/api/items/{item_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+             tags=["items"])
+    def thumbnail(item_id: int) -> Response:
+        return Response(service.thumbnail(item_id), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/items/{item_id}/original", responses={200: {"content": {"image/*": {}}}, **ERRORS},
+             tags=["items"])
+    def original(item_id: int) -> Response:
+        data, media_type = service.original(item_id)
+        return Response(data, media_type=media_type, headers={"Content-Disposition": "inline"})
+
+    @app.post("/api/classify", response_model=ClassifyOut, responses=ERRORS, tags=["classify"])
+    def classify(file: Annotated[UploadFile, File(description="An image file.")],
+                 labels: Annotated[str, Form(max_length=10_000, description="Comma-separated labels.")],
+                 template: Annotated[str, Form(max_length=200)] = "a photo of a {}.") -> ClassifyOut:
+        return service.classify(_read_upload(file, service), labels.split(","), template)
+
+    return app
+
+
+def _text_only(query: str) -> str:
+    """Over HTTP a query is text: a term that looks like a server path is not opened."""
+    from polymodal.data.sources import IMAGE_EXTENSIONS
+
+    for term in query.replace("+", " ").replace(" - ", " ").split():
+        if any(term.lower().endswith(ext) for ext in IMAGE_EXTENSIONS):
+            raise PolymodalError(f"image terms are not accepted over HTTP ({term!r}); upload the image instead")
+    return query
+
+
+def _filter(where: list[str] | None, path: str) -> Filter:
+    return Filter(parse_filters(where or []), path)
+
+
+def _read_upload(file: UploadFile, service: SearchService) -> bytes:
+    if file.content_type and not file.content_type.startswith(("image/", "application/octet-stream")):
+        raise PolymodalError(f"expected an image upload, got content type {file.content_type!r}")
+    data = file.file.read(service.limits.max_upload_bytes + 1)
+    if len(data) > service.limits.max_upload_bytes:
+        raise TooLarge(f"the upload is larger than {service.limits.max_upload_bytes} bytes")
+    return data
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    def not_found(request: Request, err: NotFound) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=404)
+
+    @app.exception_handler(TooLarge)
+    def too_large(request: Request, err: TooLarge) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=413)
+
+    @app.exception_handler(PolymodalError)
+    def bad_request(request: Request, err: PolymodalError) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    def internal(request: Request, err: Exception) -> JSONResponse:
+        log.error("internal error on %s %s: %s", request.method, request.url.path, type(err).__name__)
+        return JSONResponse({"error": "internal error"}, status_code=500)

@@ -1,0 +1,65 @@
+"""The JSON shapes of the HTTP API (pydantic models; they are also its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Modality = Literal["image", "text"]
+
+
+class HitOut(BaseModel):
+    id: int = Field(description="Item id: use it for /api/items/{id} and 'more like this'.")
+    score: float = Field(description="Cosine similarity to the query.")
+    modality: Modality
+    name: str = Field(description="File name of an image, or the caption text.")
+    text: str | None = Field(default=None, description="The caption of a text item.")
+    image_id: int | None = Field(default=None, description="For a caption: the id of its image, when indexed.")
+    thumbnail: str | None = Field(default=None, description="URL of the thumbnail of an image item.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchOut(BaseModel):
+    query: str
+    modality: Modality
+    k: int
+    took_ms: float
+    hits: list[HitOut]
+
+
+class ItemOut(BaseModel):
+    id: int
+    modality: Modality
+    name: str
+    text: str | None = None
+    size: int
+    added: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    thumbnail: str | None = None
+    original: str | None = None
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="Cosine similarity between the image and the label's prompt.")
+    probability: float
+
+
+class ClassifyOut(BaseModel):
+    labels: list[LabelScore] = Field(description="Every label, best first.")
+    best: str
+    took_ms: float
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+    store: str
+    model_id: str
+    images: int
+    texts: int
+    index: str
+
+
+class ErrorOut(BaseModel):
+    error: str

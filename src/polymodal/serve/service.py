@@ -1,0 +1,221 @@
+"""`SearchService`: everything the HTTP API does, with no HTTP types in it, so it can be
+tested and reused without a server.
+
+Security lives here, not in the routes: only live, indexed items are ever read; a file
+is served only when its real path (symlinks resolved) is inside one of the folders the
+store was indexed from; uploads are limited in bytes and pixels and must decode as an
+image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+from PIL import Image
+
+from polymodal.classify import class_probabilities
+from polymodal.errors import DataError, ImageDecodeError, PolymodalError
+from polymodal.eval.zeroshot import class_embeddings
+from polymodal.index.reader import image_ref
+from polymodal.index.search import Filter, Hit, Searcher
+from polymodal.index.store import Item
+from polymodal.serve.schemas import ClassifyOut, HealthOut, HitOut, ItemOut, LabelScore, Modality, SearchOut
+from polymodal.transforms import load_image
+
+NO_FILTER = Filter()
+THUMBNAIL_SIDE = 256
+THUMBNAIL_CACHE = 512  # thumbnails kept in memory
+
+
+class NotFound(PolymodalError):
+    """An item that does not exist, was removed, or may not be served."""
+
+
+class TooLarge(PolymodalError):
+    """An upload over the byte or pixel limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 50_000_000
+    max_k: int = 200
+    max_labels: int = 100
+
+
+class SearchService:
+    def __init__(self, store_path: str | Path, model: str | None = None, device: str = "",
+                 limits: Limits = Limits()) -> None:
+        self.searcher = Searcher(store_path, model=model, device=device)
+        self.limits = limits
+        self.roots = [os.path.realpath(r) for r in self.searcher.store.roots if Path(r).exists()]
+        # one SQLite connection and one model: requests take turns (FastAPI runs sync routes in threads)
+        self._lock = threading.Lock()
+        self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
+
+    def close(self) -> None:
+        self.searcher.close()
+
+    # ----------------------------------------------------------------- search
+
+    def search_text(self, query: str, k: int = 10, modality: str = "image", where: Filter = NO_FILTER) -> SearchOut:
+        if not query.strip():
+            raise DataError("the query is empty")
+        return self._timed(query, k, modality, lambda: self.searcher.search(query, self._k(k), modality, where))
+
+    def search_image(self, data: bytes, k: int = 10, modality: str = "image", where: Filter = NO_FILTER) -> SearchOut:
+        image = self.decode_upload(data)
+        return self._timed("(uploaded image)", k, modality,
+                           lambda: self.searcher.search_vector(self.searcher.embed_image(image), self._k(k),
+                                                               modality, where))
+
+    def similar(self, item_id: int, k: int = 10, modality: str = "image", where: Filter = NO_FILTER) -> SearchOut:
+        self.item(item_id)  # 404 for unknown or removed items
+        return self._timed(f"like {item_id}", k, modality,
+                           lambda: self.searcher.more_like([item_id], self._k(k), modality, where))
+
+    def _timed(self, query: str, k: int, modality: str, run: Callable[[], list[Hit]]) -> SearchOut:
+        start = time.perf_counter()
+        with self._lock:
+            out = [self._hit(h) for h in run()]
+        took = round(1000 * (time.perf_counter() - start), 2)
+        return SearchOut(query=query, modality=cast(Modality, modality), k=k, took_ms=took, hits=out)
+
+    def _k(self, k: int) -> int:
+        if not 1 <= k <= self.limits.max_k:
+            raise DataError(f"k must be between 1 and {self.limits.max_k}, got {k}")
+        return k
+
+    def _hit(self, hit: Hit) -> HitOut:
+        image_id = None
+        if hit.modality == "text" and hit.metadata.get("image"):
+            found = self.searcher.store.find(hit.metadata["image"], "image")
+            image_id = found.id if found else None
+        return HitOut(id=hit.id, score=round(hit.score, 6), modality=cast(Modality, hit.modality),
+                      name=hit.text or "" if hit.modality == "text" else _name(hit.uri), text=hit.text,
+                      image_id=image_id, thumbnail=_thumbnail_url(hit.id if hit.modality == "image" else image_id),
+                      metadata=_public_metadata(hit.metadata))
+
+    # ----------------------------------------------------------------- items
+
+    def item(self, item_id: int) -> ItemOut:
+        found = self._live(item_id)
+        return ItemOut(id=found.id, modality=cast(Modality, found.modality),
+                       name=_name(found.uri) if found.modality == "image" else found.text or "",
+                       text=found.text, size=found.size,
+                       metadata=_public_metadata(found.metadata),
+                       thumbnail=_thumbnail_url(found.id) if found.modality == "image" else None,
+                       original=f"/api/items/{found.id}/original" if found.modality == "image" else None)
+
+    def original(self, item_id: int) -> tuple[bytes, str]:
+        """The indexed file's bytes and media type."""
+        found = self._live(item_id, "image")
+        data = self._read(found)
+        with Image.open(io.BytesIO(data)) as image:
+            kind = (image.format or "").lower()
+        return data, {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+                      "bmp": "image/bmp", "tiff": "image/tiff"}.get(kind, "application/octet-stream")
+
+    def thumbnail(self, item_id: int) -> bytes:
+        """A JPEG at most THUMBNAIL_SIDE on its long side (cached)."""
+        if item_id in self._thumbnails:
+            self._thumbnails.move_to_end(item_id)
+            return self._thumbnails[item_id]
+        found = self._live(item_id, "image")
+        try:
+            image = load_image(self._read(found), self.limits.max_pixels, name=_name(found.uri))
+        except ImageDecodeError as err:
+            raise NotFound(f"item {item_id} can no longer be read ({err})") from None
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        data = buffer.getvalue()
+        self._thumbnails[item_id] = data
+        if len(self._thumbnails) > THUMBNAIL_CACHE:
+            self._thumbnails.popitem(last=False)
+        return data
+
+    def _live(self, item_id: int, modality: str | None = None) -> Item:
+        with self._lock:
+            try:
+                (found,) = self.searcher.store.items([item_id])
+            except PolymodalError:
+                found = None
+            live = found is not None and self.searcher.store.find(found.uri, found.modality)
+        if found is None or not live or live.id != item_id or (modality and found.modality != modality):
+            raise NotFound(f"no {modality or 'item'} with id {item_id}")
+        return found
+
+    def _read(self, found: Item) -> bytes:
+        """The item's bytes, if its real path lies inside an indexed folder."""
+        ref = image_ref(found)
+        real = os.path.realpath(ref.path)
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in self.roots):
+            raise NotFound(f"item {found.id} is outside the indexed folders")
+        try:
+            return ref.read_bytes()
+        except OSError:
+            raise NotFound(f"item {found.id}: its file is gone") from None
+
+    # ----------------------------------------------------------------- uploads
+
+    def decode_upload(self, data: bytes) -> Image.Image:
+        if len(data) > self.limits.max_upload_bytes:
+            raise TooLarge(f"the upload has {len(data)} bytes; the limit is {self.limits.max_upload_bytes}")
+        if not data:
+            raise DataError("the upload is empty")
+        try:
+            return load_image(data, self.limits.max_pixels, name="upload")
+        except ImageDecodeError as err:
+            if "exceed the limit" in str(err) or "too many pixels" in str(err):
+                raise TooLarge(str(err)) from None
+            raise
+
+    def classify(self, data: bytes, labels: list[str], template: str = "a photo of a {}.") -> ClassifyOut:
+        labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
+        if not 2 <= len(labels) <= self.limits.max_labels:
+            raise DataError(f"give between 2 and {self.limits.max_labels} distinct labels, got {len(labels)}")
+        if "{}" not in template:
+            raise DataError("the template needs a {} where the label goes")
+        image = self.decode_upload(data)
+        start = time.perf_counter()
+        with self._lock:
+            loaded = self.searcher.model
+            classes = class_embeddings(loaded.model, loaded.tokenizer, [[label] for label in labels], [template])
+            scores = (self.searcher.embed_image(image)[None] @ classes.T)
+            probabilities = class_probabilities(loaded.model, scores)[0]
+        order = np.argsort(-scores[0], kind="stable")
+        out = [LabelScore(label=labels[i], score=round(float(scores[0, i]), 6),
+                          probability=round(float(probabilities[i]), 6)) for i in order]
+        return ClassifyOut(labels=out, best=out[0].label, took_ms=round(1000 * (time.perf_counter() - start), 2))
+
+    def health(self) -> HealthOut:
+        with self._lock:
+            store = self.searcher.store
+            from polymodal.index.build import index_info
+
+            built = index_info(store.path)
+            return HealthOut(store=store.path.name, model_id=store.manifest.model_id, images=store.count("image"),
+                             texts=store.count("text"), index=str(built.get("backend", "exact")))
+
+
+def _name(uri: str) -> str:
+    return uri.rsplit(":", 1)[-1].rsplit("/", 1)[-1] if "/" in uri or ":" in uri else uri
+
+
+def _thumbnail_url(item_id: int | None) -> str | None:
+    return None if item_id is None else f"/api/items/{item_id}/thumbnail"
+
+
+def _public_metadata(metadata: dict[str, object]) -> dict[str, object]:
+    """Metadata without where files live on the server (paths, tar offsets)."""
+    return {k: v for k, v in metadata.items() if k not in ("source", "tar", "image")}
