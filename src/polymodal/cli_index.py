@@ -248,6 +248,10 @@ def serve(
     model: ModelOpt = None,
     device: DeviceOpt = "",
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest accepted upload, in MB.")] = 20.0,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="POLYMODAL_API_KEY", help="Require this key (X-API-Key header) to add or remove items.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="A browser origin allowed to call the API (repeatable); none by default.")] = None,
 ) -> None:
     """Serve STORE over HTTP: search, items, thumbnails, zero-shot classification (API docs at /docs)."""
     import uvicorn
@@ -259,4 +263,8 @@ def serve(
     service = SearchService(store, model=model, device=device, limits=limits)
     console.print(f"serving {store} on http://{host}:{port} (API docs: http://{host}:{port}/docs); Ctrl-C stops",
                   highlight=False)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print("[yellow]warning:[/yellow] anyone who can reach this address can add and remove items; "
+                      "set --api-key (or POLYMODAL_API_KEY)")
+    app = create_app(service, api_key=api_key, cors_origins=tuple(cors_origin or ()))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -186,3 +186,38 @@ def test_polymodal_serve_answers_on_localhost(store: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_adding_and_removing_items_needs_the_api_key(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "store.pm"
+    shutil.copytree(store, copy)
+    (copy / ".lock").unlink(missing_ok=True)
+    service = SearchService(copy)
+    client = TestClient(create_app(service, api_key="s3cret"), raise_server_exceptions=False)
+    upload = {"file": ("new.png", png((10, 200, 10)), "image/png")}
+    assert client.post("/api/items", files=upload).status_code == 403
+    assert client.post("/api/items", files=upload, headers={"X-API-Key": "wrong"}).status_code == 403
+    added = client.post("/api/items", files=upload, headers={"X-API-Key": "s3cret"})
+    assert added.status_code == 200, added.text
+    item = added.json()
+    assert client.get("/api/health").json()["images"] == 25
+    found = client.post("/api/search/image", files=upload, data={"k": "1"}).json()["hits"]
+    assert found[0]["id"] == item["id"] and found[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert client.get(item["original"]).content == png((10, 200, 10))  # uploads are served like indexed files
+    assert client.delete(f"/api/items/{item['id']}").status_code == 403
+    assert client.delete(f"/api/items/{item['id']}", headers={"X-API-Key": "s3cret"}).json() == {"removed": 1}
+    assert client.get(f"/api/items/{item['id']}").status_code == 404
+    assert not list((copy / "uploads").glob("*.png"))
+    assert client.get("/api/health").json()["images"] == 24
+
+
+def test_metrics_count_requests_by_route(client: TestClient) -> None:
+    client.get("/api/search", params={"q": "a red circle"})
+    client.get("/api/items/99999")
+    text = client.get("/metrics").text
+    assert 'polymodal_requests_total{route="/api/search",method="GET",status="200"}' in text
+    assert 'polymodal_requests_total{route="/api/items/{item_id}",method="GET",status="404"}' in text
+    assert 'polymodal_items{modality="image"} 24' in text
+    assert 'polymodal_request_seconds_bucket{route="/api/search",le="+Inf"}' in text

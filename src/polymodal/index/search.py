@@ -70,6 +70,10 @@ class Searcher:
     def close(self) -> None:
         self.store.close()
 
+    def reload(self) -> None:
+        """Drop cached indexes (after the store changed under this searcher)."""
+        self._indexes.clear()
+
     def __enter__(self) -> Searcher:
         return self
 

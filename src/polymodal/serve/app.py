@@ -7,20 +7,27 @@ errors become JSON (`{"error": ...}`) with no stack traces.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import time
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from polymodal import __version__
 from polymodal.errors import PolymodalError
 from polymodal.index.search import Filter, parse_filters
+from polymodal.serve.metrics import Metrics
 from polymodal.serve.schemas import ClassifyOut, ErrorOut, HealthOut, ItemOut, Modality, SearchOut
 from polymodal.serve.service import NotFound, SearchService, TooLarge
 
 log = logging.getLogger("polymodal.serve")
+
+
+class Forbidden(PolymodalError):
+    """A write without the configured API key."""
 
 ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut},
                                            413: {"model": ErrorOut}}
@@ -29,10 +36,46 @@ WhereQ = Annotated[list[str] | None, Query(description="Metadata filter KEY=VALU
 PathQ = Annotated[str, Query(max_length=500, description="Only items whose path matches this glob.")]
 
 
-def create_app(service: SearchService) -> FastAPI:
+def create_app(service: SearchService, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+    """`api_key`: when set, adding and removing items needs it in the X-API-Key header.
+    `cors_origins`: browser origins allowed to call the API (none by default)."""
     app = FastAPI(title="polymodal", version=__version__, description=(
         "Search an image-text store by text, image or item; read items; classify an image zero-shot."))
     _errors(app)
+    metrics = Metrics()
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["X-API-Key"])
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(getattr(route, "path", "unmatched"), request.method, response.status_code,
+                        time.perf_counter() - start)
+        return response
+
+    def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if api_key is not None and not (x_api_key and hmac.compare_digest(x_api_key, api_key)):
+            raise Forbidden("this endpoint needs the server's API key in the X-API-Key header")
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"])
+    def prometheus() -> str:
+        health = service.health()
+        return metrics.render({"polymodal_items": {"image": health.images, "text": health.texts}})
+
+    @app.post("/api/items", response_model=ItemOut, responses={403: {"model": ErrorOut}, **ERRORS}, tags=["items"],
+              dependencies=[Depends(require_key)])
+    def add_item(file: Annotated[UploadFile, File(description="An image file to add to the store.")]) -> ItemOut:
+        return service.add_image(_read_upload(file, service))
+
+    @app.delete("/api/items/{item_id}", responses={403: {"model": ErrorOut}, **ERRORS}, tags=["items"],
+                dependencies=[Depends(require_key)])
+    def remove_item(item_id: int) -> dict[str, int]:
+        return {"removed": service.remove(item_id)}
 
     @app.get("/api/health", response_model=HealthOut, tags=["service"])
     def health() -> HealthOut:
@@ -103,6 +146,10 @@ def _read_upload(file: UploadFile, service: SearchService) -> bytes:
 
 
 def _errors(app: FastAPI) -> None:
+    @app.exception_handler(Forbidden)
+    def forbidden(request: Request, err: Forbidden) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=403)
+
     @app.exception_handler(NotFound)
     def not_found(request: Request, err: NotFound) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=404)

@@ -9,6 +9,7 @@ image.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -25,6 +26,7 @@ from PIL import Image
 from polymodal.classify import class_probabilities
 from polymodal.errors import DataError, ImageDecodeError, PolymodalError
 from polymodal.eval.zeroshot import class_embeddings
+from polymodal.index.api import remove_items
 from polymodal.index.reader import image_ref
 from polymodal.index.search import Filter, Hit, Searcher
 from polymodal.index.store import Item
@@ -32,6 +34,8 @@ from polymodal.serve.schemas import ClassifyOut, HealthOut, HitOut, ItemOut, Lab
 from polymodal.transforms import load_image
 
 NO_FILTER = Filter()
+UPLOADS = "uploads"  # images added over the API live in STORE/uploads/
+UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tiff"}
 THUMBNAIL_SIDE = 256
 THUMBNAIL_CACHE = 512  # thumbnails kept in memory
 
@@ -179,6 +183,59 @@ class SearchService:
             if "exceed the limit" in str(err) or "too many pixels" in str(err):
                 raise TooLarge(str(err)) from None
             raise
+
+    # ----------------------------------------------------------------- writes
+
+    def add_image(self, data: bytes) -> ItemOut:
+        """Store an uploaded image under STORE/uploads/ and index it (with the store's model)."""
+        image = self.decode_upload(data)
+        with Image.open(io.BytesIO(data)) as header:  # load_image converted it; the file's format is here
+            suffix = UPLOAD_SUFFIXES.get(header.format or "", "")
+        if not suffix:  # what Pillow decoded but we would not serve back as-is: store it as PNG
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG")
+            data, suffix = buffer.getvalue(), ".png"
+        uploads = self.searcher.store.path / UPLOADS
+        uploads.mkdir(exist_ok=True)
+        target = uploads / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
+        with self._lock:
+            if not target.exists():
+                tmp = uploads / f".{target.name}.tmp"
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            self._reindex(str(uploads))
+            found = self.searcher.store.find(str(target.resolve()), "image")
+        if found is None:
+            raise DataError("the upload could not be indexed")
+        return self.item(found.id)
+
+    def remove(self, item_id: int) -> int:
+        """Remove an item from the store (and its file, if it was uploaded here)."""
+        found = self._live(item_id)
+        with self._lock:
+            removed = remove_items(self.searcher.store.path, [item_id])
+            uploads = os.path.realpath(self.searcher.store.path / UPLOADS)
+            if os.path.realpath(found.uri).startswith(uploads + os.sep):
+                Path(found.uri).unlink(missing_ok=True)
+            self._refresh()
+        return removed
+
+    def _reindex(self, source: str) -> None:
+        from polymodal.index.build import build_index
+        from polymodal.index.pipeline import Encoder, index_source
+        from polymodal.index.store import Store
+
+        loaded = self.searcher.model
+        with Store(self.searcher.store.path, writable=True) as store:
+            index_source(store, Encoder(loaded.model, loaded.tokenizer, loaded.transform), source)
+            build_index(store)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Forget cached indexes and thumbnails after the store changed."""
+        self.searcher.reload()
+        self._thumbnails.clear()
+        self.roots = [os.path.realpath(r) for r in self.searcher.store.roots if Path(r).exists()]
 
     def classify(self, data: bytes, labels: list[str], template: str = "a photo of a {}.") -> ClassifyOut:
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
