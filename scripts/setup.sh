@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything polymodal needs on a fresh Debian machine: system packages (emoji
-# font and Unicode emoji list for the built-in datasets), a virtual environment in .venv
+# font and Unicode emoji list for the built-in datasets; Chromium for the web page's
+# end-to-end tests, driven by Playwright), a virtual environment in .venv
 # with the CPU build of torch (installed first: any other torch requirement would pull
 # gigabytes of CUDA packages), and the project with all its extras. Safe to re-run.
 set -euo pipefail
@@ -10,7 +11,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji unicode-data >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji unicode-data chromium \
+    chromium-driver >/dev/null
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 # pip warns about absent mirror folders on this machine; only real errors matter.

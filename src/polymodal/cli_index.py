@@ -261,6 +261,8 @@ def serve(
 
     limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20))
     service = SearchService(store, model=model, device=device, limits=limits)
+    with console.status("loading the model and the index"):
+        service.warm()
     console.print(f"serving {store} on http://{host}:{port} (API docs: http://{host}:{port}/docs); Ctrl-C stops",
                   highlight=False)
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from polymodal import __version__
 from polymodal.errors import PolymodalError
@@ -29,6 +31,9 @@ log = logging.getLogger("polymodal.serve")
 class Forbidden(PolymodalError):
     """A write without the configured API key."""
 
+STATIC = Path(__file__).parent / "static"
+CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'")
 ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut},
                                            413: {"model": ErrorOut}}
 K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
@@ -53,6 +58,9 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
     async def measure(request: Request, call_next: Any) -> Any:
         start = time.perf_counter()
         response = await call_next(request)
+        # the page may load only what this server serves: no external requests, ever
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         route = request.scope.get("route")
         metrics.observe(getattr(route, "path", "unmatched"), request.method, response.status_code,
                         time.perf_counter() - start)
@@ -76,6 +84,12 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
                 dependencies=[Depends(require_key)])
     def remove_item(item_id: int) -> dict[str, int]:
         return {"removed": service.remove(item_id)}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/health", response_model=HealthOut, tags=["service"])
     def health() -> HealthOut:

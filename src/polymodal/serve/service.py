@@ -69,6 +69,13 @@ class SearchService:
     def close(self) -> None:
         self.searcher.close()
 
+    def warm(self) -> None:
+        """Load the model and the image index now, so the first query does not wait for them."""
+        with self._lock:
+            self.searcher.model  # noqa: B018 - loading is the point
+            self.searcher.search_vector(np.ones(self.searcher.store.manifest.dim, np.float32)
+                                        / np.sqrt(self.searcher.store.manifest.dim), 1)
+
     # ----------------------------------------------------------------- search
 
     def search_text(self, query: str, k: int = 10, modality: str = "image", where: Filter = NO_FILTER) -> SearchOut:

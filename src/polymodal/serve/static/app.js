@@ -1,0 +1,164 @@
+// The search page: plain DOM, no framework, no build step, no external requests.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { last: null };  // the last search, to re-run when a control changes
+
+function modality() {
+  return document.querySelector("input[name=modality]:checked").value;
+}
+
+function params(extra) {
+  const p = new URLSearchParams({ k: $("k").value, modality: modality(), ...extra });
+  const path = $("path").value.trim();
+  if (path) p.set("path", path);
+  return p;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function call(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function showQueryImage(src, label) {
+  const box = $("query-image");
+  box.replaceChildren();
+  if (!src) { box.hidden = true; return; }
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = label;
+  const text = document.createElement("span");
+  text.textContent = label;
+  box.append(img, text);
+  box.hidden = false;
+}
+
+function card(hit, best) {
+  const el = document.createElement("button");
+  el.type = "button";
+  el.className = "card";
+  el.dataset.id = hit.id;
+  el.title = "Find similar items";
+  const thumb = document.createElement("div");
+  thumb.className = "thumb";
+  if (hit.thumbnail) {
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.src = hit.thumbnail;
+    img.alt = hit.name;
+    thumb.append(img);
+  }
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const name = document.createElement("div");
+  name.className = hit.modality === "text" ? "caption" : "name";
+  name.textContent = hit.name;
+  const score = document.createElement("div");
+  score.className = "score";
+  score.textContent = `score ${hit.score.toFixed(3)}`;
+  const bar = document.createElement("div");
+  bar.className = "bar";
+  const fill = document.createElement("span");
+  fill.style.width = `${Math.max(4, Math.round(100 * Math.max(0, hit.score) / Math.max(best, 1e-6)))}%`;
+  bar.append(fill);
+  meta.append(name, score, bar);
+  el.append(thumb, meta);
+  // a caption leads to its image's neighbours; an image to its own
+  const target = hit.modality === "text" ? hit.image_id : hit.id;
+  if (target != null) {
+    el.addEventListener("click", () => similar(target, hit.thumbnail, hit.name));
+  }
+  return el;
+}
+
+function render(result, label) {
+  const grid = $("results");
+  grid.classList.toggle("captions", result.modality === "text");
+  const best = result.hits.length ? result.hits[0].score : 1;
+  grid.replaceChildren(...result.hits.map((hit) => card(hit, best)));
+  setStatus(result.hits.length
+    ? `${result.hits.length} ${result.modality === "text" ? "captions" : "images"} for ${label} in ${result.took_ms} ms`
+    : `Nothing found for ${label}.`);
+}
+
+async function run(search) {
+  state.last = search;
+  setStatus("Searching…");
+  try {
+    render(await search.fetch(), search.label);
+  } catch (err) {
+    $("results").replaceChildren();
+    setStatus(err.message, true);
+  }
+}
+
+function searchText(q) {
+  showQueryImage(null);
+  run({ label: `“${q}”`, fetch: () => call(`/api/search?${params({ q })}`) });
+}
+
+function similar(id, thumbnail, name) {
+  showQueryImage(thumbnail, `Items like ${name}`);
+  run({ label: `items like ${name}`, fetch: () => call(`/api/items/${id}/similar?${params({})}`) });
+}
+
+function searchImage(file) {
+  if (!file || !file.type.startsWith("image/")) { setStatus("That is not an image file.", true); return; }
+  showQueryImage(URL.createObjectURL(file), file.name || "pasted image");
+  run({
+    label: file.name || "the pasted image",
+    fetch: () => {
+      const form = new FormData();
+      form.append("file", file);
+      form.append("k", $("k").value);
+      form.append("modality", modality());
+      return call("/api/search/image", { method: "POST", body: form });
+    },
+  });
+}
+
+function init() {
+  call("/api/health").then((h) => {
+    $("store").textContent = `${h.store} · ${h.images.toLocaleString()} images · ` +
+      `${h.texts.toLocaleString()} captions · ${h.index} index`;
+  }).catch(() => { $("store").textContent = "store unavailable"; });
+
+  $("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = $("query").value.trim();
+    if (q) searchText(q);
+  });
+  $("file").addEventListener("change", () => searchImage($("file").files[0]));
+  for (const el of [$("k"), $("path"), ...document.querySelectorAll("input[name=modality]")]) {
+    el.addEventListener("change", () => { if (state.last) run(state.last); });
+  }
+  // keyboard: "/" focuses the search box, Escape clears it
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "/" && document.activeElement !== $("query")) { event.preventDefault(); $("query").focus(); }
+    if (event.key === "Escape" && document.activeElement === $("query")) { $("query").value = ""; }
+  });
+  // drag and drop or paste an image anywhere
+  let depth = 0;
+  document.addEventListener("dragenter", (event) => { event.preventDefault(); depth += 1; $("drop").hidden = false; });
+  document.addEventListener("dragleave", () => { depth -= 1; if (depth <= 0) { depth = 0; $("drop").hidden = true; } });
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0;
+    $("drop").hidden = true;
+    searchImage(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const item = [...event.clipboardData.items].find((i) => i.type.startsWith("image/"));
+    if (item) searchImage(item.getAsFile());
+  });
+}
+
+init();
