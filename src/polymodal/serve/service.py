@@ -65,6 +65,7 @@ class SearchService:
         # one SQLite connection and one model: requests take turns (FastAPI runs sync routes in threads)
         self._lock = threading.Lock()
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()  # thumbnails are made outside the main lock, in parallel
 
     def close(self) -> None:
         self.searcher.close()
@@ -138,9 +139,10 @@ class SearchService:
 
     def thumbnail(self, item_id: int) -> bytes:
         """A JPEG at most THUMBNAIL_SIDE on its long side (cached)."""
-        if item_id in self._thumbnails:
-            self._thumbnails.move_to_end(item_id)
-            return self._thumbnails[item_id]
+        with self._cache_lock:
+            if item_id in self._thumbnails:
+                self._thumbnails.move_to_end(item_id)
+                return self._thumbnails[item_id]
         found = self._live(item_id, "image")
         try:
             image = load_image(self._read(found), self.limits.max_pixels, name=_name(found.uri))
@@ -150,9 +152,10 @@ class SearchService:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=85)
         data = buffer.getvalue()
-        self._thumbnails[item_id] = data
-        if len(self._thumbnails) > THUMBNAIL_CACHE:
-            self._thumbnails.popitem(last=False)
+        with self._cache_lock:
+            self._thumbnails[item_id] = data
+            if len(self._thumbnails) > THUMBNAIL_CACHE:
+                self._thumbnails.popitem(last=False)
         return data
 
     def _live(self, item_id: int, modality: str | None = None) -> Item:
@@ -241,7 +244,8 @@ class SearchService:
     def _refresh(self) -> None:
         """Forget cached indexes and thumbnails after the store changed."""
         self.searcher.reload()
-        self._thumbnails.clear()
+        with self._cache_lock:
+            self._thumbnails.clear()
         self.roots = [os.path.realpath(r) for r in self.searcher.store.roots if Path(r).exists()]
 
     def classify(self, data: bytes, labels: list[str], template: str = "a photo of a {}.") -> ClassifyOut:
