@@ -142,8 +142,12 @@ def quickstart(
         "--set", help="Override a setting of the quickstart recipe.")] = None,
     data: Annotated[Path | None, typer.Option(
         help="An emoji dataset folder (from `polymodal data build emoji`); default: built in the cache.")] = None,
+    serve_page: Annotated[bool, typer.Option(
+        "--serve/--no-serve", help="End by serving the emoji store's search page on 127.0.0.1.")] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the search page.")] = 8000,
 ) -> None:
-    """Build the emoji dataset, train the default small model (cached), show what it finds."""
+    """Build the emoji dataset, train the default small model (cached), show what it finds,
+    then serve a search page over all emoji (--no-serve to stop there)."""
     from polymodal.quickstart import EXAMPLE_QUERIES, run_quickstart
 
     result = run_quickstart(retrain=retrain, queries=query or EXAMPLE_QUERIES, overrides=set_ or [],
@@ -155,6 +159,10 @@ def quickstart(
     for text, matches in result.examples.items():
         shown = "   ".join(f"{m.char} {m.name} ({m.score:.2f})" for m in matches)
         console.print(f"[bold]{text!r}[/bold] -> {shown}", highlight=False)
+    console.print(f"[bold]store[/bold] {result.store}: `polymodal search {result.store} \"a red heart\"`",
+                  highlight=False)
+    if serve_page:
+        serve(result.store, port=port)
 
 
 def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: int, workers: int, precision: str,

@@ -3,28 +3,26 @@
 Builds the emoji dataset from system packages, trains the default small model (a ViT
 image tower from scratch against the frozen MiniLM text tower) with the recipe in
 quickstart.toml, caches the trained model (a second run reuses it), and reports
-validation retrieval and a few example text->image searches over all emoji.
+validation retrieval and a few example text->image searches over all emoji. The emoji
+are indexed into a store beside the model (emoji.pm, with their names as captions), so a
+cached run answers from the store without embedding anything, and `polymodal quickstart`
+ends by serving that store's search page.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
 from rich.console import Console
 
 from polymodal.data.builtin.emoji import default_emoji_root, ensure_emoji_dataset
-from polymodal.data.sources import EmojiSource, load_source
-from polymodal.eval.embed import embed_pair_set
-from polymodal.factory import get_tokenizer, get_transforms, load_model
-from polymodal.inference import embed_texts
 from polymodal.paths import cache_dir
 from polymodal.train.config import TrainConfig, load_train_config
 from polymodal.train.loop import Trainer
@@ -48,6 +46,7 @@ class QuickstartResult:
     metrics: dict[str, float]  # validation retrieval
     train_seconds: float
     examples: dict[str, list[Match]]  # query -> top matches over all emoji
+    store: Path  # every emoji, indexed with the model
 
 
 def quickstart_config(emoji_root: Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -80,26 +79,33 @@ def run_quickstart(retrain: bool = False, queries: Sequence[str] = EXAMPLE_QUERI
         result = Trainer(config, console=console, show_progress=show_progress).run()
         model_dir, metrics, seconds = result.model_dir, result.metrics, result.seconds
     model_id = json.loads((model_dir / "config.json").read_text())["model_id"]
-    examples = example_searches(model_dir, emoji_root, queries, top_k) if queries else {}
-    return QuickstartResult(model_dir, model_id, cached, metrics, seconds, examples)
+    root = Path(emoji_root or default_emoji_root())
+    store = emoji_store(run_dir / "emoji.pm", root, model_dir, model_id)
+    examples = example_searches(store, root, queries, top_k) if queries else {}
+    return QuickstartResult(model_dir, model_id, cached, metrics, seconds, examples, store)
 
 
-def example_searches(model_dir: Path, emoji_root: Path | None, queries: Sequence[str], top_k: int
-                     ) -> dict[str, list[Match]]:
-    """Top matches of each query among all emoji (every split)."""
-    model = load_model(model_dir)
-    tokenizer = get_tokenizer(model_dir)
-    pairs = load_source(EmojiSource(root=str(emoji_root or default_emoji_root()), split="all"))
-    embedded = embed_pair_set(model, tokenizer, pairs, get_transforms(model.config))
-    chars = _emoji_chars(emoji_root or default_emoji_root())
-    with torch.no_grad():
-        text = embed_texts(model, tokenizer, list(queries)).cpu().numpy()
-    scores = text @ embedded.image_embeds.T  # (Q, N)
-    out = {}
-    for query, row in zip(queries, scores, strict=True):
-        best = np.argsort(-row, kind="stable")[:top_k]
-        out[query] = [Match(*chars[embedded.image_keys[i]], float(row[i])) for i in best]
-    return out
+def emoji_store(path: Path, root: Path, model_dir: Path, model_id: str) -> Path:
+    """Every emoji image (names as captions) indexed with the model; brought up to date,
+    or rebuilt when the model changed (a retrained model has another id)."""
+    from polymodal.index.api import index
+    from polymodal.index.manifest import Manifest
+
+    if (path / "manifest.json").exists() and Manifest.read(path).model_id != model_id:
+        shutil.rmtree(path)
+    index(str(root), store=path, model=str(model_dir))
+    return path
+
+
+def example_searches(store: Path, root: Path, queries: Sequence[str], top_k: int) -> dict[str, list[Match]]:
+    """Top matches of each query among all emoji (every split), from the store."""
+    from polymodal.index.search import Searcher
+
+    chars = _emoji_chars(root)
+    resolved = root.resolve()
+    with Searcher(store) as searcher:
+        return {query: [Match(*chars[str(Path(hit.uri).relative_to(resolved))], hit.score)
+                        for hit in searcher.search(query, k=top_k)] for query in queries}
 
 
 def _emoji_chars(root: Path) -> dict[str, tuple[str, str]]:

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from polymodal.cli import app
 from polymodal.data.builtin.emoji import EMOJI_FONT, EMOJI_TEST, build_emoji_dataset
+from polymodal.index.store import Store
 from polymodal.quickstart import quickstart_config, run_quickstart
 
 needs_emoji = pytest.mark.skipif(not (EMOJI_FONT.is_file() and EMOJI_TEST.is_file()),
@@ -48,16 +49,23 @@ def test_quickstart_trains_then_reuses_its_model(small_emoji: Path, tmp_path: Pa
     assert list(first.examples) == queries and all(len(m) == 3 for m in first.examples.values())
     top = first.examples["a smiling face"]
     assert top[0].score >= top[1].score >= top[2].score and top[0].char and top[0].name
+    with Store(first.store) as store:  # every emoji image, with its names as captions
+        assert store.count("image") == len(list((small_emoji / "images").glob("*.png"))) and store.count("text")
+        generation = store.generation
     second = run_quickstart(queries=queries, top_k=3, emoji_root=small_emoji, overrides=TINY, show_progress=False)
     assert second.cached and second.model_id == first.model_id and second.metrics == first.metrics
+    assert second.examples == first.examples
+    with Store(second.store) as store:
+        assert store.generation == generation  # the cached run embedded nothing
 
     retrained = run_quickstart(queries=[], retrain=True, emoji_root=small_emoji, overrides=TINY, show_progress=False)
     assert not retrained.cached and retrained.examples == {}
     assert retrained.model_id == first.model_id  # the same seed and data train the same weights
 
     overrides = [arg for s in TINY for arg in ("--set", s)]
-    result = CliRunner().invoke(app, ["quickstart", "--data", str(small_emoji), "--query", "a smiling face",
-                                      *overrides], env={"POLYMODAL_HOME": str(tmp_path), "COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["quickstart", "--no-serve", "--data", str(small_emoji), "--query",
+                                      "a smiling face", *overrides],
+                                env={"POLYMODAL_HOME": str(tmp_path), "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"model {first.model_id} (cached model" in result.output
     assert "text -> image" in result.output and "'a smiling face' ->" in result.output
