@@ -89,11 +89,28 @@ def image_files(folder: str | Path) -> list[Path]:
 
 def load_captions(cfg: CaptionsSource) -> PairSet:
     table = Path(cfg.file)
-    rows = read_table(table)
     root = Path(cfg.images) if cfg.images else table.parent
+    records: list[PairRecord] = []
+    dropped: dict[str, str] = {}
+    for image, texts in captions_by_image(cfg).items():
+        path = root / image
+        if not texts:
+            dropped[image] = "no caption"
+        elif not path.is_file():
+            dropped[image] = "file not found"
+        else:
+            unique = tuple(dict.fromkeys(texts))  # keep order, drop repeats
+            records.append(PairRecord(ImageRef(str(path)), unique, group=len(records), key=image))
+    return PairSet(records, name=str(table), dropped=dropped)
+
+
+def captions_by_image(cfg: CaptionsSource) -> dict[str, list[str]]:
+    """Image (as the table names it) -> its captions in first-seen order, after the
+    source's row filters and split."""
+    table = Path(cfg.file)
     keep = set(read_lines(cfg.split)) if cfg.split else None
-    captions: dict[str, list[str]] = {}  # image -> captions, in first-seen order
-    for number, row in enumerate(rows, 1):
+    captions: dict[str, list[str]] = {}
+    for number, row in enumerate(read_table(table), 1):
         if any(column(row, k, table, number) != v for k, v in cfg.where.items()):
             continue
         if any(row.get(k) not in (None, "") for k in cfg.where_empty):
@@ -106,18 +123,7 @@ def load_captions(cfg: CaptionsSource) -> PairSet:
             value = column(row, name, table, number)
             texts.extend(v.strip() for v in (value if isinstance(value, list) else [value])
                          if isinstance(v, str) and v.strip())
-    records: list[PairRecord] = []
-    dropped: dict[str, str] = {}
-    for image, texts in captions.items():
-        path = root / image
-        if not texts:
-            dropped[image] = "no caption"
-        elif not path.is_file():
-            dropped[image] = "file not found"
-        else:
-            unique = tuple(dict.fromkeys(texts))  # keep order, drop repeats
-            records.append(PairRecord(ImageRef(str(path)), unique, group=len(records), key=image))
-    return PairSet(records, name=str(table), dropped=dropped)
+    return captions
 
 
 def load_tar(cfg: TarSource) -> PairSet:

@@ -17,6 +17,7 @@ answers top-k inner-product queries, optionally only among `allowed` ids.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,11 +25,11 @@ import numpy as np
 
 from polymodal.errors import StoreError
 from polymodal.index.arrays import load_arrays, save_arrays
-from polymodal.index.quantizers import Quantizer, import_faiss, make_quantizer, training_sample
+from polymodal.index.quantizers import Quantizer, construct, import_faiss, make_quantizer, training_sample
 from polymodal.index.topk import check_queries, exact_top_k, merge_top_k
 
 
-class Backend:
+class Backend(ABC):
     name: ClassVar[str] = ""
     # True when `allowed` is applied inside the search (faiss IDSelector, a subset scan);
     # otherwise allowed-id searches over-fetch and filter.
@@ -76,31 +77,34 @@ class Backend:
                 return np.where(keep, scores, -np.inf), np.where(keep, positions, -1)
             fetch = min(len(self), 4 * fetch)
 
+    @abstractmethod
     def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
-        raise NotImplementedError
+        """Build from vectors sorted by id; `sample` mixes modalities for training."""
 
+    @abstractmethod
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) for internal positions; `allowed` are positions."""
-        raise NotImplementedError
 
     def save(self, folder: Path) -> None:
         save_arrays(folder, ids=self.ids)
         self._save(folder)
 
+    @abstractmethod
     def _save(self, folder: Path) -> None:
-        raise NotImplementedError
+        """Write the structure (the ids are saved by `save`)."""
 
     def load(self, folder: Path) -> None:
         self.ids = load_arrays(folder, "ids")["ids"]
         self._load(folder)
 
+    @abstractmethod
     def _load(self, folder: Path) -> None:
-        raise NotImplementedError
+        """Read what `_save` wrote."""
 
     @property
+    @abstractmethod
     def nbytes(self) -> int:
         """Bytes of the searchable structure (codes, graph, lists), without the id map."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -332,11 +336,4 @@ BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (ExactBackend, HNSWBack
 
 
 def make_backend(name: str, dim: int, **params: Any) -> Backend:
-    try:
-        cls = BACKENDS[name]
-    except KeyError:
-        raise StoreError(f"unknown index backend {name!r}; one of {sorted(BACKENDS)}") from None
-    try:
-        return cls(dim, **params)
-    except TypeError as err:
-        raise StoreError(f"index backend {name!r}: bad parameters {sorted(params)} ({err})") from None
+    return construct(BACKENDS, "index backend", name, dim, params)

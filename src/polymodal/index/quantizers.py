@@ -17,8 +17,9 @@ quantiser fitted to image vectors alone misrepresents where text queries land
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -26,22 +27,26 @@ from polymodal.errors import StoreError
 from polymodal.index.arrays import load_arrays, save_arrays
 from polymodal.index.topk import BLOCK_ROWS
 
+T = TypeVar("T")
 
-class Quantizer:
+
+class Quantizer(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, dim: int, **params: Any) -> None:
         self.dim = dim
         self.params = params
 
-    def train(self, sample: np.ndarray) -> None:
+    def train(self, sample: np.ndarray) -> None:  # noqa: B027 - a default: stateless quantisers learn nothing
         """Fit to `sample` (n, dim); most quantisers need nothing."""
 
+    @abstractmethod
     def encode(self, vectors: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Vectors (n, dim) -> codes (n, ...)."""
 
+    @abstractmethod
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Codes -> approximate float32 vectors (n, dim)."""
 
     def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Approximate inner products (nq, n); the default decodes block by block."""
@@ -51,13 +56,14 @@ class Quantizer:
         return out
 
     @property
+    @abstractmethod
     def bytes_per_vector(self) -> float:
-        raise NotImplementedError
+        """Bytes one code takes."""
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path) -> None:  # noqa: B027 - stateless quantisers have nothing to save
         """Trained state (nothing for the stateless ones)."""
 
-    def load(self, folder: Path) -> None:
+    def load(self, folder: Path) -> None:  # noqa: B027
         """Restore what `save` wrote."""
 
 
@@ -218,14 +224,19 @@ QUANTIZERS: dict[str, type[Quantizer]] = {q.name: q for q in (Float32, Float16, 
 
 
 def make_quantizer(name: str, dim: int, **params: Any) -> Quantizer:
+    return construct(QUANTIZERS, "quantizer", name, dim, params)
+
+
+def construct(registry: dict[str, type[T]], kind: str, name: str, dim: int, params: dict[str, Any]) -> T:
+    """registry[name](dim, **params), with errors that name the choices or the bad parameters."""
     try:
-        cls = QUANTIZERS[name]
+        cls = registry[name]
     except KeyError:
-        raise StoreError(f"unknown quantizer {name!r}; one of {sorted(QUANTIZERS)}") from None
+        raise StoreError(f"unknown {kind} {name!r}; one of {sorted(registry)}") from None
     try:
-        return cls(dim, **params)
+        return cls(dim, **params)  # type: ignore[call-arg]
     except TypeError as err:
-        raise StoreError(f"quantizer {name!r}: bad parameters {sorted(params)} ({err})") from None
+        raise StoreError(f"{kind} {name!r}: bad parameters {sorted(params)} ({err})") from None
 
 
 def import_faiss() -> Any:

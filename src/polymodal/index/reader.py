@@ -22,8 +22,7 @@ from typing import Any
 
 from polymodal.data.records import ImageRef
 from polymodal.data.resolve import TABLE_SUFFIXES, captions_source, resolve_source
-from polymodal.data.sources import image_files, load_source
-from polymodal.data.tables import column, read_table
+from polymodal.data.sources import captions_by_image, image_files, load_source
 from polymodal.errors import DataError
 from polymodal.index.store import Item, NewItem, Store
 
@@ -73,14 +72,7 @@ def _list_folder(root: Path) -> SourceListing:
     table = next((p for p in sorted(root.iterdir()) if _is_captions_table(p)), None)
     if table is None:
         return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in files], escaping)
-    cfg = captions_source(table)
-    captions: dict[str, list[str]] = {}
-    for number, row in enumerate(read_table(table), 1):
-        texts = captions.setdefault(str(column(row, cfg.image_column, table, number)), [])
-        for name in cfg.caption_columns:
-            value = column(row, name, table, number)
-            texts += [v.strip() for v in (value if isinstance(value, list) else [value])
-                      if isinstance(v, str) and v.strip()]
+    captions = captions_by_image(captions_source(table))
     by_path = {str(p.resolve()): p for p in files}
     names: dict[str, list[Path]] = {}
     for p in files:

@@ -26,7 +26,7 @@ from polymodal.eval.runner import LoadedModel
 from polymodal.index.backends import Backend, ExactBackend
 from polymodal.index.build import index_info, load_index
 from polymodal.index.query import parse_query
-from polymodal.index.store import MODALITIES, Item, Store
+from polymodal.index.store import MODALITIES, Store
 from polymodal.inference import embed_texts, model_device
 from polymodal.transforms import ImageSource
 
@@ -219,6 +219,3 @@ def _normalise(vector: np.ndarray) -> np.ndarray:
         raise StoreError("cannot normalise a zero or non-finite query vector")
     return (vector / norm).astype(np.float32)
 
-
-def item_label(item: Item) -> str:
-    return item.text if item.modality == "text" and item.text else item.uri

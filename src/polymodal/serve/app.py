@@ -136,6 +136,13 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
     return app
 
 
+def _json_error(status: int) -> Any:
+    def handler(request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, status_code=status)
+
+    return handler
+
+
 def _text_only(query: str) -> str:
     """Over HTTP a query is text: a term that looks like a server path is not opened."""
     from polymodal.data.sources import IMAGE_EXTENSIONS
@@ -159,22 +166,14 @@ def _read_upload(file: UploadFile, service: SearchService) -> bytes:
     return data
 
 
+# Most specific first: Starlette picks the handler of the nearest class in the MRO anyway.
+STATUS_OF: tuple[tuple[type[PolymodalError], int], ...] = ((Forbidden, 403), (NotFound, 404), (TooLarge, 413),
+                                                           (PolymodalError, 400))
+
+
 def _errors(app: FastAPI) -> None:
-    @app.exception_handler(Forbidden)
-    def forbidden(request: Request, err: Forbidden) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=403)
-
-    @app.exception_handler(NotFound)
-    def not_found(request: Request, err: NotFound) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=404)
-
-    @app.exception_handler(TooLarge)
-    def too_large(request: Request, err: TooLarge) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=413)
-
-    @app.exception_handler(PolymodalError)
-    def bad_request(request: Request, err: PolymodalError) -> JSONResponse:
-        return JSONResponse({"error": str(err)}, status_code=400)
+    for kind, status in STATUS_OF:
+        app.add_exception_handler(kind, _json_error(status))
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
