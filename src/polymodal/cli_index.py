@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from polymodal.index.jobs import ProgressEvent
 
 console = Console()
 
@@ -59,6 +62,22 @@ def _progress_bar() -> Progress:
                     console=console, transient=True)
 
 
+class EventBar:
+    """Draws a job's progress events (jobs.py) as one bar per stage: the same events the
+    job log holds and the HTTP API streams, whether they come from this process or a file."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.stage in ("start", "end"):
+            return
+        if event.stage not in self.tasks:
+            self.tasks[event.stage] = self.bar.add_task(event.stage, total=event.total)
+        self.bar.update(self.tasks[event.stage], completed=event.done, total=event.total)
+
+
 @index_app.command("update")
 def index_update(
     source: Annotated[str, typer.Argument(help="A folder of images, a captions table, tar shards or a .toml source.")],
@@ -89,15 +108,8 @@ def index_update(
         result = index(source, store, model, reembed=reembed, options=options, device=device, spec=spec)
     else:
         with _progress_bar() as bar:
-            jobs: dict[str, Any] = {}
-
-            def progress(stage: str, done: int, total: int) -> None:
-                if stage not in jobs:
-                    jobs[stage] = bar.add_task(stage, total=total)
-                bar.update(jobs[stage], completed=done, total=total)
-
             result = index(source, store, model, reembed=reembed, options=options, device=device, spec=spec,
-                           progress=progress)
+                           on_event=EventBar(bar))
     if as_json:
         print(json.dumps({"store": str(result.store), "index": result.index, "compacted": result.compacted,
                           "sources": [vars(r) for r in result.reports]}, indent=2, default=str))
@@ -153,6 +165,46 @@ def index_info_cmd(store: StoreArg, as_json: JsonOpt = False) -> None:
         return
     for key, value in data.items():
         console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+
+
+@index_app.command("jobs")
+def index_jobs(store: StoreArg, limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20,
+               as_json: JsonOpt = False) -> None:
+    """List STORE's index jobs (from this and other processes): state, stage and progress."""
+    from polymodal.index.jobs import list_jobs
+
+    jobs = list_jobs(store, limit)
+    if as_json:
+        print(json.dumps([j.to_dict() for j in jobs], indent=2))
+        return
+    table = Table("job", "state", "stage", "progress", "source", "message")
+    for job in jobs:
+        table.add_row(job.id, job.state, job.stage, f"{job.done}/{job.total}", job.source, job.message)
+    console.print(table)
+
+
+@index_app.command("watch")
+def index_watch(store: StoreArg, job: Annotated[str | None, typer.Argument(
+        help="A job id from `index jobs`; default: the newest job.")] = None) -> None:
+    """Show a running index job's progress bar (e.g. one started in another terminal or by the server)."""
+    from polymodal.errors import StoreError
+    from polymodal.index.jobs import follow, list_jobs
+
+    if job is None:
+        newest = list_jobs(store, 1)
+        if not newest:
+            raise StoreError(f"{store} has no index jobs")
+        job = newest[0].id
+    last = None
+    with _progress_bar() as bar:
+        draw = EventBar(bar)
+        for event in follow(store, job):
+            draw(event)
+            last = event
+    if last is not None:
+        console.print(f"job {job}: {last.state}{': ' + last.message if last.message else ''}", highlight=False)
+        if last.state != "done":
+            raise typer.Exit(1)
 
 
 @index_app.command("build")

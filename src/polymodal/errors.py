@@ -31,3 +31,7 @@ class DataError(PolymodalError):
 class StoreError(PolymodalError):
     """A store cannot be opened or used as asked: not a store, a newer format, or vectors
     made by another model than the one given."""
+
+
+class StoreBusy(StoreError):
+    """Another writer (an index job, `polymodal index`) holds the store."""

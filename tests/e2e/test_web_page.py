@@ -105,3 +105,20 @@ def test_captions_mode_and_keyboard(page: Any) -> None:
     page.fill("#query", "")
     page.press("#query", "Enter")
     assert page.text_content("#status").startswith(str(len(texts)))  # an empty query changes nothing
+
+
+def test_a_running_index_job_shows_its_progress_from_the_event_stream(page: Any, server: tuple[str, Path]) -> None:
+    from polymodal.index.jobs import JobLog
+
+    page.wait_for_selector("#store:has-text('36 images')")
+    assert page.is_hidden("#job")
+    job = JobLog(server[1], "photos/")  # another process's `polymodal index`, as its log shows it
+    job.__enter__()
+    job("embedding", 3, 10)
+    page.wait_for_selector("#job-text:has-text('Indexing · embedding 3 / 10')", timeout=15_000)
+    assert page.eval_on_selector("#job-progress", "p => p.value") == pytest.approx(0.3)
+    job("embedding", 10, 10)
+    job.summary = "10 embedded"
+    job.__exit__(None, None, None)
+    page.wait_for_selector("#job.done #job-text:has-text('Index updated: 10 embedded')", timeout=15_000)
+    assert page.is_hidden("#job-progress")

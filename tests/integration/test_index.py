@@ -357,3 +357,50 @@ def test_a_folder_with_a_captions_table_beside_its_images(tmp_path: Path, model_
         texts = {t.text: t.metadata["image"] for t in store.live_items("text")}
     assert texts == {"a first photo": str((root / "images" / "p0.png").resolve()),
                      "another caption": str((root / "images" / "p0.png").resolve())}
+
+
+def test_every_run_is_a_job_whose_events_reach_the_caller_and_the_log(tmp_path: Path, model_dir: Path) -> None:
+    from polymodal.index.jobs import ProgressEvent, job_status, list_jobs, read_events
+
+    photos = make_photos(tmp_path / "photos", n=5)
+    seen: list[ProgressEvent] = []
+    result = index(str(photos), model=str(model_dir), options=OPTIONS, on_event=seen.append)
+    store = tmp_path / "photos.pm"
+    (job,) = list_jobs(store)
+    assert seen == read_events(store, job.id)  # one stream: what the bar drew is what the log holds
+    stages = [e.stage for e in seen]
+    assert stages[0] == "start" and stages[-1] == "end" and {"hashing", "embedding", "index"} <= set(stages)
+    embedding = [e for e in seen if e.stage == "embedding"]
+    assert (embedding[-1].done, embedding[-1].total) == (5, 5)
+    status = job_status(store, job.id)
+    assert status.state == "done" and status.message == result.summary() and status.message.startswith("5 embedded")
+    assert status.source == str(photos)
+
+    # a re-embed swaps the whole store folder: the job log (still being written) moves with it
+    index(str(photos), model=str(model_dir), reembed=True, options=OPTIONS)
+    assert [j.state for j in list_jobs(store)] == ["done", "done"]
+
+
+def test_a_failed_first_run_leaves_no_store_folder_behind(tmp_path: Path) -> None:
+    photos = make_photos(tmp_path / "photos", n=2)
+    with pytest.raises(Exception, match="model"):
+        index(str(photos), model=str(tmp_path / "no-such-model"), options=OPTIONS)
+    assert not (tmp_path / "photos.pm").exists()
+
+
+def test_cli_lists_jobs_and_watches_one_from_its_log(tmp_path: Path, model_dir: Path) -> None:
+    from polymodal.index.jobs import JobLog
+
+    photos = make_photos(tmp_path / "photos", n=3)
+    store = tmp_path / "photos.pm"
+    assert runner.invoke(app, ["index", str(photos), "--model", str(model_dir)], env=ENV).exit_code == 0
+    listed = runner.invoke(app, ["index", "jobs", str(store), "--json"], env=ENV)
+    (job,) = json.loads(listed.stdout)
+    assert job["state"] == "done" and job["message"].startswith("3 embedded")
+    watched = runner.invoke(app, ["index", "watch", str(store)], env=ENV)
+    assert watched.exit_code == 0 and f"job {job['id']}: done: 3 embedded" in watched.stdout
+    with pytest.raises(RuntimeError), JobLog(store, "elsewhere") as failing:
+        raise RuntimeError("disk full")
+    watched = runner.invoke(app, ["index", "watch", str(store), failing.id], env=ENV)
+    assert watched.exit_code == 1 and "failed: RuntimeError: disk full" in watched.stdout
+    assert runner.invoke(app, ["index", "watch", str(store), "../../x"], env=ENV).exit_code != 0

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from polymodal.checkpoint import replace_dir
 from polymodal.errors import StoreError
 from polymodal.eval.runner import EvalOptions, LoadedModel, load_for_eval
 from polymodal.index.build import IndexSpec, build_index, build_spec, index_info
+from polymodal.index.jobs import JOBS_DIR, JobLog, Subscriber
 from polymodal.index.pipeline import DEFAULT_OPTIONS, Encoder, IndexOptions, IndexReport, index_source
 from polymodal.index.reader import Progress
 from polymodal.index.store import Store
@@ -65,28 +67,69 @@ class IndexResult:
     index: dict[str, Any]
     compacted: int = 0
 
+    def summary(self) -> str:
+        """One line: what the run did (the done event of its job)."""
+        def total(name: str) -> int:
+            return sum(getattr(r, name) for r in self.reports)
+
+        return (f"{total('embedded')} embedded, {total('reused')} reused, {total('unchanged')} unchanged, "
+                f"{total('removed')} removed, {total('captions_added')} captions added, "
+                f"{sum(len(r.skipped) for r in self.reports)} unreadable")
+
 
 def index(source: str, store: str | Path | None = None, model: str | None = None, *, reembed: bool = False,
           options: IndexOptions = DEFAULT_OPTIONS, device: str = "", spec: IndexSpec | None = None,
-          progress: Progress | None = None) -> IndexResult:
+          on_event: Subscriber | None = None, job_id: str | None = None) -> IndexResult:
     """Create or update the store of `source` and rebuild its search index.
 
     A new store needs `model`; an existing one uses its own model. A different `model`
     for an existing store is refused unless `reembed`, which rebuilds the store's vectors
     from all its sources with the new model (atomically: the old store stays until the
-    new one is complete)."""
+    new one is complete). The run is a job: its progress events go to
+    STORE/jobs/JOB_ID.jsonl and to `on_event` (see jobs.py)."""
     spec = spec or IndexSpec()
     path = Path(store) if store else default_store_path(source)
     exists = (path / "manifest.json").exists()
-    if exists and reembed and model:
-        return reembed_store(path, model, extra_source=source, options=options, device=device, progress=progress)
     if not exists and not model:
         raise StoreError(f"{path} does not exist yet: name the model to embed with (--model MODEL_DIR, "
                          "or --model quickstart)")
-    loaded = store_model(path, model, device) if exists else load_encoder(str(model), device)
-    with Store.open_or_create(path, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,
-                              model_path=str(loaded.path.resolve())) as opened:
-        return _update(opened, loaded, [source], options, spec, progress)
+    try:
+        return _index_job(source, path, model, exists, reembed, options, device, spec, on_event, job_id)
+    except BaseException:
+        if not exists and not (path / "manifest.json").exists():  # leave no half-made store behind
+            shutil.rmtree(path / JOBS_DIR, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+def _index_job(source: str, path: Path, model: str | None, exists: bool, reembed: bool, options: IndexOptions,
+               device: str, spec: IndexSpec, on_event: Subscriber | None, job_id: str | None) -> IndexResult:
+    with JobLog(path, source, [on_event] if on_event else [], job_id) as job:
+        if exists and reembed and model:
+            result = reembed_store(path, model, extra_source=source, options=options, device=device, job=job)
+        else:
+            loaded = store_model(path, model, device) if exists else load_encoder(str(model), device)
+            with Store.open_or_create(path, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,
+                                      model_path=str(loaded.path.resolve())) as opened:
+                result = _update(opened, loaded, [source], options, spec, job)
+        job.summary = result.summary()
+    return result
+
+
+def update_from_roots(store_path: str | Path, *, options: IndexOptions = DEFAULT_OPTIONS, device: str = "",
+                      on_event: Subscriber | None = None, job_id: str | None = None) -> IndexResult:
+    """Bring an existing store up to date with every folder and file it was indexed from
+    (what a server's index job runs)."""
+    path = Path(store_path)
+    with Store(path) as current:
+        roots = current.roots
+    with JobLog(path, ", ".join(roots), [on_event] if on_event else [], job_id) as job:
+        loaded = store_model(path, None, device)
+        with Store(path, writable=True) as opened:
+            result = _update(opened, loaded, roots, options, IndexSpec(), job)
+        job.summary = result.summary()
+    return result
 
 
 def _update(store: Store, loaded: LoadedModel, sources: list[str], options: IndexOptions, spec: IndexSpec,
@@ -96,12 +139,16 @@ def _update(store: Store, loaded: LoadedModel, sources: list[str], options: Inde
     compacted = store.compact() if store.garbage_fraction() > COMPACT_AT else 0
     built = index_info(store.path)
     if spec or built.get("generation") != store.generation:
+        if progress is not None:
+            progress("index", 0, 1)
         built = build_spec(store, spec)
+        if progress is not None:
+            progress("index", 1, 1)
     return IndexResult(store.path, reports, built, compacted)
 
 
 def reembed_store(path: Path, model: str, extra_source: str | None = None, options: IndexOptions = DEFAULT_OPTIONS,
-                  device: str = "", progress: Progress | None = None) -> IndexResult:
+                  device: str = "", job: Progress | None = None) -> IndexResult:
     """Rebuild the store at `path` from its recorded sources with `model`."""
     with Store(path) as old:
         sources = old.roots
@@ -114,13 +161,20 @@ def reembed_store(path: Path, model: str, extra_source: str | None = None, optio
     try:
         with Store.create(tmp, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,
                           model_path=str(loaded.path.resolve())) as new:
-            result = _update(new, loaded, sources, options, spec, progress)
+            result = _update(new, loaded, sources, options, spec, job)
         with Store(path, writable=True):  # hold the writer lock while swapping
+            _keep_jobs(path, tmp)
             replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.store = path
     return result
+
+
+def _keep_jobs(old: Path, new: Path) -> None:
+    """The job logs (this run's included, still being written) move with the store."""
+    if (old / JOBS_DIR).is_dir():
+        shutil.copytree(old / JOBS_DIR, new / JOBS_DIR, dirs_exist_ok=True)
 
 
 def remove_items(store_path: str | Path, ids: list[int]) -> int:

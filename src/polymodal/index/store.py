@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from polymodal.checkpoint import fsync
-from polymodal.errors import StoreError
+from polymodal.errors import StoreBusy, StoreError
+from polymodal.index.jobs import JOBS_DIR
 from polymodal.index.manifest import Manifest
 
 DB_FILE = "store.sqlite"
@@ -133,7 +134,7 @@ class Store:
         path = Path(path)
         if (path / "manifest.json").exists():
             raise StoreError(f"{path}: a store already exists here")
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(p.name != JOBS_DIR for p in path.iterdir()):  # a job log may come first
             raise StoreError(f"{path}: folder exists and is not empty; choose another store name")
         (path / VECTOR_DIR).mkdir(parents=True, exist_ok=True)
         (path / INDEX_DIR).mkdir(exist_ok=True)
@@ -169,7 +170,7 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreError(f"{self.path}: another process is writing this store; wait for it to finish") from None
+            raise StoreBusy(f"{self.path}: another process is writing this store; wait for it to finish") from None
         self._lock_fd = fd
 
     def _remove_orphans(self) -> None:

@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal import __version__
-from polymodal.errors import PolymodalError
+from polymodal.errors import PolymodalError, StoreBusy
+from polymodal.index.jobs import JOB_ID
 from polymodal.index.search import Filter, parse_filters
 from polymodal.serve.metrics import Metrics
-from polymodal.serve.schemas import ClassifyOut, ErrorOut, HealthOut, ItemOut, Modality, SearchOut
+from polymodal.serve.schemas import ClassifyOut, ErrorOut, HealthOut, ItemOut, JobOut, Modality, SearchOut
 from polymodal.serve.service import NotFound, SearchService, TooLarge
 
 log = logging.getLogger("polymodal.serve")
@@ -36,9 +39,12 @@ CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script
        "connect-src 'self'; frame-ancestors 'none'")
 ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut},
                                            413: {"model": ErrorOut}}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
 WhereQ = Annotated[list[str] | None, Query(description="Metadata filter KEY=VALUE (repeatable).")]
 PathQ = Annotated[str, Query(max_length=500, description="Only items whose path matches this glob.")]
+ItemId = Annotated[int, FastPath(ge=0, le=2**63 - 1, description="An item id, as search results give it.")]
+JobId = Annotated[str, FastPath(pattern=JOB_ID.pattern, description="A job id, as /api/jobs lists them.")]
 
 
 def create_app(service: SearchService, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
@@ -75,15 +81,41 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
         health = service.health()
         return metrics.render({"polymodal_items": {"image": health.images, "text": health.texts}})
 
-    @app.post("/api/items", response_model=ItemOut, responses={403: {"model": ErrorOut}, **ERRORS}, tags=["items"],
+    @app.post("/api/items", response_model=ItemOut, responses=WRITE_ERRORS, tags=["items"],
               dependencies=[Depends(require_key)])
     def add_item(file: Annotated[UploadFile, File(description="An image file to add to the store.")]) -> ItemOut:
         return service.add_image(_read_upload(file, service))
 
-    @app.delete("/api/items/{item_id}", responses={403: {"model": ErrorOut}, **ERRORS}, tags=["items"],
+    @app.delete("/api/items/{item_id}", responses=WRITE_ERRORS, tags=["items"],
                 dependencies=[Depends(require_key)])
-    def remove_item(item_id: int) -> dict[str, int]:
+    def remove_item(item_id: ItemId) -> dict[str, int]:
         return {"removed": service.remove(item_id)}
+
+    @app.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
+    def jobs(limit: Annotated[int, Query(ge=1, le=100, description="How many, newest first.")] = 20) -> list[JobOut]:
+        return service.jobs(limit)
+
+    @app.post("/api/jobs/index", response_model=JobOut, status_code=202, tags=["jobs"],
+              responses=WRITE_ERRORS, dependencies=[Depends(require_key)])
+    def start_index_job() -> JobOut:
+        """Re-index the store's folders in the background (new, changed and deleted files);
+        follow it with /api/jobs/{job_id}/events."""
+        return service.start_index_job()
+
+    @app.get("/api/jobs/{job_id}", response_model=JobOut, responses=ERRORS, tags=["jobs"])
+    def job(job_id: JobId) -> JobOut:
+        return service.job(job_id)
+
+    @app.get("/api/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+             tags=["jobs"])
+    def job_events(job_id: JobId, last_event_id: Annotated[int | None, Header(
+                       ge=-1, description="Resume after this event (browsers send it on reconnect).")] = None,
+                   ) -> StreamingResponse:
+        """Server-sent events: one `data:` line of JSON per progress event (the lines the CLI
+        progress bar draws), until the job is done, failed or interrupted."""
+        events = service.job_events(job_id, -1 if last_event_id is None else last_event_id)
+        return StreamingResponse((f"id: {e.seq}\ndata: {e.to_json()}\n\n" for e in events),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -107,23 +139,23 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
         return service.search_image(_read_upload(file, service), k, modality)
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, responses=ERRORS, tags=["search"])
-    def similar(item_id: int, k: K = 10, modality: Modality = "image", where: WhereQ = None,
+    def similar(item_id: ItemId, k: K = 10, modality: Modality = "image", where: WhereQ = None,
                 path: PathQ = "") -> SearchOut:
         return service.similar(item_id, k, modality, _filter(where, path))
 
     @app.get("/api/items/{item_id}", response_model=ItemOut, responses=ERRORS, tags=["items"])
-    def item(item_id: int) -> ItemOut:
+    def item(item_id: ItemId) -> ItemOut:
         return service.item(item_id)
 
     @app.get("/api/items/{item_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
              tags=["items"])
-    def thumbnail(item_id: int) -> Response:
+    def thumbnail(item_id: ItemId) -> Response:
         return Response(service.thumbnail(item_id), media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/items/{item_id}/original", responses={200: {"content": {"image/*": {}}}, **ERRORS},
              tags=["items"])
-    def original(item_id: int) -> Response:
+    def original(item_id: ItemId) -> Response:
         data, media_type = service.original(item_id)
         return Response(data, media_type=media_type, headers={"Content-Disposition": "inline"})
 
@@ -167,13 +199,18 @@ def _read_upload(file: UploadFile, service: SearchService) -> bytes:
 
 
 # Most specific first: Starlette picks the handler of the nearest class in the MRO anyway.
-STATUS_OF: tuple[tuple[type[PolymodalError], int], ...] = ((Forbidden, 403), (NotFound, 404), (TooLarge, 413),
-                                                           (PolymodalError, 400))
+STATUS_OF: tuple[tuple[type[PolymodalError], int], ...] = ((Forbidden, 403), (NotFound, 404), (StoreBusy, 409),
+                                                           (TooLarge, 413), (PolymodalError, 400))
 
 
 def _errors(app: FastAPI) -> None:
     for kind, status in STATUS_OF:
         app.add_exception_handler(kind, _json_error(status))
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes and wrong methods: the same JSON shape as every other error."""
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -61,5 +61,17 @@ class HealthOut(BaseModel):
     index: str
 
 
+class JobOut(BaseModel):
+    id: str
+    source: str = Field(description="What the job indexes.")
+    state: Literal["running", "done", "failed", "interrupted"]
+    stage: str = Field(description="start, hashing, embedding, captions or index.")
+    done: int
+    total: int
+    started: float = Field(description="Unix time.")
+    updated: float = Field(description="Unix time of the latest event.")
+    message: str = Field(description="The summary of a finished job, or the error of a failed one.")
+
+
 class ErrorOut(BaseModel):
     error: str

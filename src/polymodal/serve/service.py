@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -24,15 +25,17 @@ import numpy as np
 from PIL import Image
 
 from polymodal.classify import class_probabilities
-from polymodal.errors import DataError, ImageDecodeError, PolymodalError
+from polymodal.errors import DataError, ImageDecodeError, PolymodalError, StoreBusy, StoreError
 from polymodal.eval.zeroshot import class_embeddings
 from polymodal.index.api import remove_items
+from polymodal.index.jobs import ProgressEvent, follow, job_status, list_jobs, new_job_id
 from polymodal.index.reader import image_ref
 from polymodal.index.search import Filter, Hit, Searcher
 from polymodal.index.store import Item
-from polymodal.serve.schemas import ClassifyOut, HealthOut, HitOut, ItemOut, LabelScore, Modality, SearchOut
+from polymodal.serve.schemas import ClassifyOut, HealthOut, HitOut, ItemOut, JobOut, LabelScore, Modality, SearchOut
 from polymodal.transforms import load_image
 
+log = logging.getLogger("polymodal.serve")
 NO_FILTER = Filter()
 UPLOADS = "uploads"  # images added over the API live in STORE/uploads/
 UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tiff"}
@@ -60,12 +63,16 @@ class SearchService:
     def __init__(self, store_path: str | Path, model: str | None = None, device: str = "",
                  limits: Limits = Limits()) -> None:
         self.searcher = Searcher(store_path, model=model, device=device)
+        self._device = device
         self.limits = limits
         self.roots = [os.path.realpath(r) for r in self.searcher.store.roots if Path(r).exists()]
         # one SQLite connection and one model: requests take turns (FastAPI runs sync routes in threads)
         self._lock = threading.Lock()
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()  # thumbnails are made outside the main lock, in parallel
+        self._generation = self.searcher.store.generation
+        self._job_lock = threading.Lock()
+        self._job: threading.Thread | None = None
 
     def close(self) -> None:
         self.searcher.close()
@@ -98,6 +105,7 @@ class SearchService:
     def _timed(self, query: str, k: int, modality: str, run: Callable[[], list[Hit]]) -> SearchOut:
         start = time.perf_counter()
         with self._lock:
+            self._follow_store()
             out = [self._hit(h) for h in run()]
         took = round(1000 * (time.perf_counter() - start), 2)
         return SearchOut(query=query, modality=cast(Modality, modality), k=k, took_ms=took, hits=out)
@@ -241,12 +249,64 @@ class SearchService:
             build_index(store)
         self._refresh()
 
+    def _follow_store(self) -> None:
+        """Another process (`polymodal index`) may have changed the store: serve its new state."""
+        if self.searcher.store.generation != self._generation:
+            self._refresh()
+
     def _refresh(self) -> None:
         """Forget cached indexes and thumbnails after the store changed."""
+        self._generation = self.searcher.store.generation
         self.searcher.reload()
         with self._cache_lock:
             self._thumbnails.clear()
         self.roots = [os.path.realpath(r) for r in self.searcher.store.roots if Path(r).exists()]
+
+    # ----------------------------------------------------------------- index jobs
+
+    def jobs(self, limit: int = 20) -> list[JobOut]:
+        return [JobOut(**status.to_dict()) for status in list_jobs(self.searcher.store.path, limit)]
+
+    def job(self, job_id: str) -> JobOut:
+        try:
+            return JobOut(**job_status(self.searcher.store.path, job_id).to_dict())
+        except StoreError:
+            raise NotFound(f"no job {job_id!r}") from None
+
+    def job_events(self, job_id: str, after: int = -1) -> Iterator[ProgressEvent]:
+        """The job's progress events as they are written, until it ends."""
+        self.job(job_id)  # 404 before the stream starts
+        return follow(self.searcher.store.path, job_id, after)
+
+    def start_index_job(self) -> JobOut:
+        """Bring the store up to date with its folders in a background thread; searches go on
+        meanwhile and see the new items when the job has committed them."""
+        with self._job_lock:
+            running = [j.id for j in self.jobs() if j.state == "running"]
+            if running:
+                raise StoreBusy(f"index job {running[0]} is still running")
+            if self._job is not None and self._job.is_alive():
+                raise StoreBusy("an index job of this server is still running")
+            job_id = new_job_id()
+            self._job = threading.Thread(target=self._run_index_job, args=(job_id,), name=f"index-{job_id}",
+                                         daemon=True)
+            self._job.start()
+        for _ in range(200):  # its start event is written within moments
+            try:
+                return self.job(job_id)
+            except NotFound:
+                time.sleep(0.01)
+        raise PolymodalError(f"index job {job_id} did not start")
+
+    def _run_index_job(self, job_id: str) -> None:
+        from polymodal.index.api import update_from_roots
+
+        try:
+            update_from_roots(self.searcher.store.path, device=self._device, job_id=job_id)
+        except Exception as err:  # written to the job log as a failed event; the server stays up
+            log.warning("index job %s failed: %s", job_id, type(err).__name__)
+        with self._lock:
+            self._refresh()
 
     def classify(self, data: bytes, labels: list[str], template: str = "a photo of a {}.") -> ClassifyOut:
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))

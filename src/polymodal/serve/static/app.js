@@ -124,11 +124,65 @@ function searchImage(file) {
   });
 }
 
-function init() {
+function showStore() {
   call("/api/health").then((h) => {
     $("store").textContent = `${h.store} · ${h.images.toLocaleString()} images · ` +
       `${h.texts.toLocaleString()} captions · ${h.index} index`;
   }).catch(() => { $("store").textContent = "store unavailable"; });
+}
+
+// Index jobs (started here, by `polymodal index` in a terminal, or over the API): a banner
+// drawn from the same progress events as the command-line progress bar.
+const JOB_POLL_MS = 2000;
+const ENDED = ["done", "failed", "interrupted"];
+let watchedJob = null;
+
+function drawJob(event) {
+  const banner = $("job");
+  banner.hidden = false;
+  banner.className = `job ${event.state}`;
+  const progress = $("job-progress");
+  if (ENDED.includes(event.state)) {
+    $("job-text").textContent = event.state === "done" ? `Index updated: ${event.message}`
+      : `Index job ${event.state}: ${event.message}`;
+    progress.hidden = true;
+    return;
+  }
+  const stage = event.stage === "start" ? "starting" : event.stage;
+  $("job-text").textContent = event.total ? `Indexing · ${stage} ${event.done.toLocaleString()} / ` +
+    `${event.total.toLocaleString()}` : `Indexing · ${stage}`;
+  progress.hidden = false;
+  progress.value = event.total ? event.done / event.total : 0;
+}
+
+function followJob(id) {
+  watchedJob = id;
+  const source = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
+  source.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    drawJob(event);
+    if (ENDED.includes(event.state)) {
+      source.close();
+      showStore();
+      if (state.last && event.state === "done") run(state.last);
+      setTimeout(() => { if (watchedJob === id) $("job").hidden = true; }, 8000);
+    }
+  };
+  source.onerror = () => { source.close(); watchedJob = null; };  // the next poll picks it up again
+}
+
+function pollJobs() {
+  if (document.visibilityState === "visible") {
+    call("/api/jobs?limit=1").then(([job]) => {
+      if (job && job.state === "running" && job.id !== watchedJob) followJob(job.id);
+    }).catch(() => {});
+  }
+  setTimeout(pollJobs, JOB_POLL_MS);
+}
+
+function init() {
+  showStore();
+  pollJobs();
 
   $("search").addEventListener("submit", (event) => {
     event.preventDefault();
