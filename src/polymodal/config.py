@@ -224,6 +224,35 @@ class DualEncoderConfig:
         _check(self.init_logit_scale <= self.max_logit_scale, "init_logit_scale exceeds max_logit_scale")
 
 
+@dataclass(frozen=True)
+class FusionConfig:
+    """A model that reads image and text together, over a vision tower's tokens.
+
+    cross: ALBEF/BLIP fusion layers (Li et al. 2021, 2022): text self-attention, then
+    cross-attention from every text token to the image tokens. single: VisualBERT's single
+    stream (Li et al. 2019): text and image tokens in one sequence, told apart by a segment
+    embedding, all attending to all."""
+
+    kind: Literal["cross", "single"]
+    vocab_size: int
+    context_length: int
+    image_tokens: int  # the vision tower's token count (class token + patches)
+    image_width: int  # the vision tower's token width
+    transformer: TransformerConfig
+    pad_token_id: int = 0
+    mask_token_id: int = 1  # what masked language modelling puts in place of a word
+    num_answers: int = 0  # VQA answer classes; 0: no VQA head
+    tie_word_embeddings: bool = True  # the MLM decoder reuses the token embeddings (BERT)
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size > 0 and self.context_length >= 2, "vocab_size > 0 and context_length >= 2")
+        _check(self.image_tokens > 0 and self.image_width > 0, "image_tokens and image_width must be > 0")
+        for name in ("pad_token_id", "mask_token_id"):
+            _check(0 <= getattr(self, name) < self.vocab_size, f"{name} must be inside the vocabulary")
+        _check(self.pad_token_id != self.mask_token_id, "pad and mask tokens must differ")
+        _check(self.num_answers >= 0, "num_answers must be >= 0")
+
+
 # --------------------------------------------------------------------------- dict I/O
 
 
