@@ -112,6 +112,32 @@ def data_build_emoji(
     console.print(f"wrote {info['emoji']} emoji to {out} ({splits}); {len(info['skipped'])} not in the font")
 
 
+@data_build_app.command("shapes")
+def data_build_shapes(
+    out: Annotated[Path, typer.Argument(help=(
+        "Folder to write (images/, scenes.jsonl, questions.jsonl, captions.jsonl, dataset.json)."))],
+    scenes: Annotated[int, typer.Option(min=10, help="How many scenes to draw.")] = 5000,
+    size: Annotated[int, typer.Option(min=32, max=512, help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed draws the same dataset.")] = 0,
+    held_out_share: Annotated[float, typer.Option(
+        min=0.01, max=0.5, help="Share of scenes showing held-out colour-shape pairs (the test_heldout split).")
+    ] = 0.1,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild OUT if it already holds a shapes dataset.")] = False,
+) -> None:
+    """Draw synthetic scenes of coloured shapes with balanced VQA questions and captions."""
+    from rich.progress import track
+
+    from polymodal.data.builtin.shapes import build_shapes_dataset
+
+    info = build_shapes_dataset(out, scenes=scenes, size=size, seed=seed, held_out_share=held_out_share,
+                                overwrite=overwrite,
+                                progress=lambda it, n: track(it, total=n, description="drawing", console=console))
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(info["splits"].items()))
+    questions = sum(sum(answers.values()) for answers in info["questions"].values())
+    console.print(f"wrote {scenes} scenes and {questions} questions to {out} ({splits}); held-out pairs: "
+                  + ", ".join(" ".join(p) for p in info["held_out_pairs"]), highlight=False)
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="A TOML recipe (see recipes/).")],

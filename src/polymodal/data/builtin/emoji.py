@@ -18,14 +18,13 @@ import fcntl
 import hashlib
 import json
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from polymodal.data.builtin.staging import MARKER, check_target, staged_folder
 from polymodal.errors import DataError
 from polymodal.paths import cache_dir
 
@@ -110,16 +109,14 @@ def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST
     `out` must be new, empty, or (with `overwrite`) an earlier emoji dataset: a folder
     holding anything else is never deleted."""
     out = Path(out).resolve()
-    _check_target(out, overwrite)
+    check_target(out, overwrite, "emoji dataset")
     entries = parse_emoji_test(emoji_test)
     if not font_path.is_file():
         raise DataError(f"{font_path} not found; {INSTALL_HINT}")
     font = ImageFont.truetype(str(font_path), FONT_SIZE)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    (tmp / "images").mkdir(parents=True)
     rows, skipped = [], []
-    try:
+    with staged_folder(out) as tmp:
+        (tmp / "images").mkdir()
         for entry in progress(entries, len(entries)) if progress else entries:
             image = render_emoji(entry.char, font, size)
             if image is None:
@@ -134,26 +131,8 @@ def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST
         info = {"emoji": len(rows), "size": size, "skipped": skipped,
                 "splits": {s: sum(r["split"] == s for r in rows) for s, _ in SPLITS},
                 "sources": {"emoji_test": str(emoji_test), "font": str(font_path)}}
-        (tmp / "dataset.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        if out.exists():  # empty, or an earlier build (checked above)
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / MARKER).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     return info
-
-
-def _check_target(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder")
-    if (out / "dataset.json").is_file():
-        if not overwrite:
-            raise DataError(f"{out} already holds an emoji dataset (pass --overwrite to rebuild it)")
-    elif any(out.iterdir()):
-        raise DataError(f"{out} is not empty and holds no emoji dataset; choose a new or empty folder")
 
 
 def default_emoji_root() -> Path:
