@@ -253,6 +253,28 @@ class FusionConfig:
         _check(self.num_answers >= 0, "num_answers must be >= 0")
 
 
+@dataclass(frozen=True)
+class CaptionerConfig:
+    """An image-conditioned text decoder (Show, Attend and Tell with a transformer; the
+    captioning half of BLIP/CoCa): causal self-attention over the caption so far, and
+    cross-attention to the vision tower's tokens."""
+
+    vision: VisionTowerConfig
+    vocab_size: int
+    context_length: int
+    transformer: TransformerConfig
+    pad_token_id: int = 0
+    bos_token_id: int = 1  # starts every caption (<sot>)
+    eos_token_id: int = 2  # ends it (<eot>)
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size > 0 and self.context_length >= 2, "vocab_size > 0 and context_length >= 2")
+        ids = (self.pad_token_id, self.bos_token_id, self.eos_token_id)
+        _check(all(0 <= i < self.vocab_size for i in ids), "pad, bos and eos ids must be inside the vocabulary")
+        _check(len(set(ids)) == 3, "pad, bos and eos must be three different tokens")
+
+
 # --------------------------------------------------------------------------- dict I/O
 
 
