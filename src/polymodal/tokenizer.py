@@ -26,7 +26,7 @@ from polymodal.config import DualEncoderConfig, HFTextConfig, TextTransformerCon
 from polymodal.errors import TokenizerError
 from polymodal.pretrained import downloads_allowed, resolve_pretrained
 
-PAD, SOT, EOT = "<pad>", "<sot>", "<eot>"
+PAD, SOT, EOT, MASK, UNK = "<pad>", "<sot>", "<eot>", "<mask>", "<unk>"
 _HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
                        "sentencepiece.bpe.model")
 SPECIAL_TOKENS = (PAD, SOT, EOT)  # ids 0, 1, 2: the defaults of TextTransformerConfig
@@ -154,6 +154,29 @@ def train_bpe(corpus: Iterable[str], vocab_size: int, min_frequency: int = 2) ->
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(corpus, trainer=trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{SOT} $A {EOT}", special_tokens=[(SOT, 1), (EOT, 2)])
+    return backend
+
+
+WORD_SPECIAL_TOKENS = (PAD, SOT, EOT, MASK, UNK)  # ids 0..4
+
+
+def train_wordlevel(corpus: Iterable[str], min_frequency: int = 1) -> Backend:
+    """A word-level vocabulary for templated language (the shapes questions and captions),
+    where subwords buy nothing: one id per word and punctuation mark, <unk> for the rest.
+
+    Normalisation as `train_bpe`. Special tokens <pad>, <sot>, <eot>, <mask>, <unk> get
+    ids 0-4 (<mask> is what masked language modelling substitutes)."""
+    backend = Backend(models.WordLevel(unk_token=UNK))
+    backend.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
+    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    trainer = trainers.WordLevelTrainer(min_frequency=min_frequency, special_tokens=list(WORD_SPECIAL_TOKENS),
+                                        show_progress=False)
     backend.train_from_iterator(corpus, trainer=trainer)
     backend.post_processor = processors.TemplateProcessing(
         single=f"{SOT} $A {EOT}", special_tokens=[(SOT, 1), (EOT, 2)])

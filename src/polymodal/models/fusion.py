@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from polymodal.config import FusionConfig
 from polymodal.models.layers import LearnedPositionalEmbedding, Transformer
+from polymodal.models.tower import Tower
 
 TEXT_SEGMENT, IMAGE_SEGMENT = 0, 1
 
@@ -133,3 +134,36 @@ class VQAHead(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         return self.mlp(pooled)
+
+
+class FusionModel(nn.Module):
+    """A vision tower, a fusion encoder over its tokens and the heads: ITM, MLM, masked
+    patch modelling (single stream only: the cross layout does not update image tokens)
+    and, with `num_answers`, VQA."""
+
+    def __init__(self, cfg: FusionConfig, vision: Tower) -> None:
+        super().__init__()
+        if vision.width != cfg.image_width:
+            raise ValueError(f"the vision tower's width {vision.width} != image_width {cfg.image_width}")
+        self.cfg = cfg
+        self.vision = vision
+        self.encoder = FusionEncoder(cfg)
+        self.itm = ITMHead(cfg)
+        self.mlm = MLMHead(cfg, self.encoder.token_embed)
+        self.mpm = nn.Linear(cfg.transformer.width, cfg.image_width) if cfg.kind == "single" else None
+        self.vqa = VQAHead(cfg) if cfg.num_answers else None
+
+    def image_tokens(self, pixels: Tensor) -> Tensor:
+        return self.vision.forward_features(pixels).tokens
+
+    def fuse(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> FusionOutput:
+        return self.encoder(ids, mask, image_tokens)
+
+    def match_probability(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> Tensor:
+        """(B,) P(the caption describes the image), from the ITM head."""
+        return self.itm(self.fuse(ids, mask, image_tokens).pooled).softmax(dim=-1)[:, 1]
+
+    def answer_logits(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> Tensor:
+        if self.vqa is None:
+            raise ValueError("this model has no VQA head (num_answers = 0)")
+        return self.vqa(self.fuse(ids, mask, image_tokens).pooled)
