@@ -21,16 +21,21 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from polymodal.config import DualEncoderConfig, from_dict, to_dict
+from polymodal.config import CaptionerConfig, DualEncoderConfig, FusionModelConfig, from_dict, to_dict
 from polymodal.errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 1
-ARCHITECTURE = "dual_encoder"  # fusion and captioning models will add their own
+ARCHITECTURE = "dual_encoder"
+# config.json's "architecture" names the config class of "model"
+ARCHITECTURES: dict[type, str] = {DualEncoderConfig: ARCHITECTURE, CaptionerConfig: "captioner",
+                                  FusionModelConfig: "fusion"}
+ModelConfig = DualEncoderConfig | CaptionerConfig | FusionModelConfig
+C = TypeVar("C", DualEncoderConfig, CaptionerConfig, FusionModelConfig)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
@@ -74,7 +79,7 @@ def is_model_dir(path: str | Path) -> bool:
 
 def save_model_dir(
     model: nn.Module,
-    config: DualEncoderConfig,
+    config: ModelConfig,
     tokenizer_json: str,
     path: str | Path,
     *,
@@ -97,7 +102,7 @@ def save_model_dir(
     card = {
         "polymodal_format": FORMAT_VERSION,
         "model_id": mid,
-        "architecture": ARCHITECTURE,
+        "architecture": ARCHITECTURES[type(config)],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,
         "model": to_dict(config),
@@ -159,7 +164,15 @@ def replace_dir(new: Path, target: Path) -> None:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """Parse MODEL/config.json (no weights are read)."""
+    """Parse MODEL/config.json of a dual encoder (no weights are read)."""
+    card, config = read_config(path, DualEncoderConfig)
+    return ModelCard(model_id=card.get("model_id", ""), config=config,
+                     training=card.get("training", {}), metrics=card.get("metrics", {}),
+                     created=card.get("created", ""), source=card.get("source", ""))
+
+
+def read_config(path: str | Path, expected: type[C]) -> tuple[dict[str, Any], C]:
+    """MODEL/config.json as a dict, and its model config, which must be of class `expected`."""
     path = Path(path)
     config_file = path / CONFIG_FILE
     if not path.is_dir():
@@ -180,15 +193,15 @@ def read_card(path: str | Path) -> ModelCard:
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format {version}; this polymodal reads up to "
                               f"{FORMAT_VERSION}: upgrade polymodal")
-    if card.get("architecture", ARCHITECTURE) != ARCHITECTURE:
-        raise CheckpointError(f"{path} holds a {card['architecture']!r} model, not a dual encoder")
+    architecture = card.get("architecture", ARCHITECTURE)
+    if architecture != ARCHITECTURES[expected]:
+        wanted = ARCHITECTURES[expected].replace("_", " ")
+        raise CheckpointError(f"{path} holds a {architecture!r} model, not a {wanted} model")
     try:
-        config = from_dict(DualEncoderConfig, card.get("model"), where=f"{config_file}: model")
+        config = from_dict(expected, card.get("model"), where=f"{config_file}: model")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
-    return ModelCard(model_id=card.get("model_id", ""), config=config,
-                     training=card.get("training", {}), metrics=card.get("metrics", {}),
-                     created=card.get("created", ""), source=card.get("source", ""))
+    return card, config
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from polymodal import __version__
+from polymodal.cli_fusion import ask, caption
 from polymodal.cli_index import dedup, index_app, search, serve
 from polymodal.errors import PolymodalError
 
@@ -32,6 +33,8 @@ app.add_typer(index_app, name="index")
 app.command("search")(search)
 app.command("dedup")(dedup)
 app.command("serve")(serve)
+app.command("caption")(caption)
+app.command("ask")(ask)
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")]

@@ -263,16 +263,38 @@ class CaptionerConfig:
     vocab_size: int
     context_length: int
     transformer: TransformerConfig
+    preprocess: PreprocessConfig
     pad_token_id: int = 0
     bos_token_id: int = 1  # starts every caption (<sot>)
     eos_token_id: int = 2  # ends it (<eot>)
     tie_word_embeddings: bool = True
+    tokenizer: TokenizerConfig = TokenizerConfig()
 
     def __post_init__(self) -> None:
         _check(self.vocab_size > 0 and self.context_length >= 2, "vocab_size > 0 and context_length >= 2")
+        _check(self.vision.image_size == self.preprocess.image_size,
+               f"vision.image_size {self.vision.image_size} != preprocess.image_size {self.preprocess.image_size}")
         ids = (self.pad_token_id, self.bos_token_id, self.eos_token_id)
         _check(all(0 <= i < self.vocab_size for i in ids), "pad, bos and eos ids must be inside the vocabulary")
         _check(len(set(ids)) == 3, "pad, bos and eos must be three different tokens")
+
+
+@dataclass(frozen=True)
+class FusionModelConfig:
+    """A saved fusion model: its vision tower, its fusion encoder, image preprocessing and,
+    for VQA, the answer of each class."""
+
+    vision: VisionTowerConfig
+    fusion: FusionConfig
+    preprocess: PreprocessConfig
+    answers: tuple[str, ...] = ()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+
+    def __post_init__(self) -> None:
+        _check(self.vision.image_size == self.preprocess.image_size,
+               f"vision.image_size {self.vision.image_size} != preprocess.image_size {self.preprocess.image_size}")
+        _check(len(self.answers) == self.fusion.num_answers,
+               f"{len(self.answers)} answers named for {self.fusion.num_answers} answer classes")
 
 
 # --------------------------------------------------------------------------- dict I/O

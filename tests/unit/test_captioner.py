@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from polymodal.config import CaptionerConfig, ViTConfig
+from polymodal.config import CaptionerConfig, PreprocessConfig, ViTConfig
 from polymodal.errors import ConfigError
 from polymodal.models.captioner import Captioner
 from tests.helpers import tiny_transformer
@@ -17,7 +17,8 @@ PAD, BOS, EOS = 0, 1, 2
 
 def config(vocab: int = 12, context: int = 8) -> CaptionerConfig:
     vision = ViTConfig(image_size=16, patch_size=4, transformer=tiny_transformer())
-    return CaptionerConfig(vision=vision, vocab_size=vocab, context_length=context, transformer=tiny_transformer())
+    return CaptionerConfig(vision=vision, vocab_size=vocab, context_length=context, transformer=tiny_transformer(),
+                           preprocess=PreprocessConfig(image_size=16))
 
 
 def model(seed: int = 0, **kw: int) -> Captioner:
@@ -103,7 +104,7 @@ def test_the_captioner_learns_a_tiny_set_and_decodes_it_back() -> None:
 def test_bad_configs_and_inputs_are_clear() -> None:
     with pytest.raises(ConfigError, match="three different tokens"):
         CaptionerConfig(vision=config().vision, vocab_size=10, context_length=5, transformer=tiny_transformer(),
-                        bos_token_id=0)
+                        preprocess=PreprocessConfig(image_size=16), bos_token_id=0)
     m = model()
     with pytest.raises(ValueError, match="exceed the context length"):
         m.logits(torch.ones(1, 9, dtype=torch.long), None, m.encode_image(pixels(1)))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from polymodal.config import FusionConfig
+from polymodal.config import FusionConfig, FusionModelConfig
 from polymodal.models.layers import LearnedPositionalEmbedding, Transformer
 from polymodal.models.tower import Tower
 
@@ -146,6 +146,7 @@ class FusionModel(nn.Module):
         if vision.width != cfg.image_width:
             raise ValueError(f"the vision tower's width {vision.width} != image_width {cfg.image_width}")
         self.cfg = cfg
+        self.model_config: FusionModelConfig | None = None  # the full config, when built from one (saving needs it)
         self.vision = vision
         self.encoder = FusionEncoder(cfg)
         self.itm = ITMHead(cfg)

@@ -1,0 +1,134 @@
+"""Captioners and VQA models as model directories: saved and loaded bit for bit, refused
+where another architecture is expected, and used end to end by `polymodal caption` and
+`polymodal ask`."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from polymodal.checkpoint import WEIGHTS_FILE, read_card
+from polymodal.cli import app
+from polymodal.config import (
+    CaptionerConfig,
+    FusionConfig,
+    FusionModelConfig,
+    PreprocessConfig,
+    TokenizerConfig,
+    ViTConfig,
+)
+from polymodal.errors import CheckpointError
+from polymodal.factory import get_transforms
+from polymodal.models.captioner import Captioner
+from polymodal.task_models import build_fusion_model, load_captioner, load_fusion_model, save_task_model
+from polymodal.tokenizer import Tokenizer, train_wordlevel
+from tests.helpers import tiny_transformer
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200"}
+VISION = ViTConfig(image_size=16, patch_size=4, transformer=tiny_transformer())
+WORDS = ["a red circle", "a blue square", "what colour is the circle?", "is there a square?"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer(train_wordlevel(WORDS), 10, TokenizerConfig())
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("images")
+    paths = []
+    for name, colour in (("red.png", (220, 30, 30)), ("blue.png", (30, 30, 220))):
+        Image.new("RGB", (24, 24), colour).save(root / name)
+        paths.append(root / name)
+    return paths
+
+
+def captioner(tokenizer: Tokenizer) -> Captioner:
+    torch.manual_seed(0)
+    return Captioner(CaptionerConfig(vision=VISION, vocab_size=tokenizer.vocab_size, context_length=10,
+                                     transformer=tiny_transformer(), preprocess=PreprocessConfig(image_size=16)))
+
+
+def vqa_config(tokenizer: Tokenizer) -> FusionModelConfig:
+    fusion = FusionConfig(kind="cross", vocab_size=tokenizer.vocab_size, context_length=10, image_tokens=17,
+                          image_width=32, transformer=tiny_transformer(), mask_token_id=3, num_answers=3)
+    return FusionModelConfig(vision=VISION, fusion=fusion, preprocess=PreprocessConfig(image_size=16),
+                             answers=("blue", "no", "red"))
+
+
+def test_a_captioner_round_trips_and_captions_from_the_command_line(tmp_path: Path, tokenizer: Tokenizer,
+                                                                    images: list[Path]) -> None:
+    model = captioner(tokenizer).eval()
+    model_dir = tmp_path / "cap"
+    model_id = save_task_model(model, tokenizer, model_dir, metrics={"cider": 0.1})
+    loaded, loaded_tokenizer = load_captioner(model_dir)
+    assert json.loads((model_dir / "config.json").read_text())["architecture"] == "captioner"
+    transform = get_transforms(loaded.cfg.preprocess)
+    pixels = torch.stack([transform(p) for p in images])
+    expected = [loaded_tokenizer.decode(ids) for ids in model.generate(pixels, beam_size=2, length_penalty=0.6)]
+    assert [loaded_tokenizer.decode(ids) for ids in loaded.generate(pixels, beam_size=2, length_penalty=0.6)] == \
+        expected
+    result = runner.invoke(app, ["caption", str(model_dir), *map(str, images), "--beam", "2", "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert [row["caption"] for row in json.loads(result.stdout)] == expected
+    with pytest.raises(CheckpointError, match="holds a 'captioner' model, not a dual encoder model"):
+        read_card(model_dir)
+    with pytest.raises(CheckpointError, match="not a fusion model"):
+        load_fusion_model(model_dir)
+    assert len(model_id) == 12
+
+    weights = model_dir / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # flip bits inside a tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match the recorded model id"):
+        load_captioner(model_dir)
+
+
+def test_a_vqa_model_round_trips_and_answers_from_the_command_line(tmp_path: Path, tokenizer: Tokenizer,
+                                                                   images: list[Path]) -> None:
+    torch.manual_seed(0)
+    model = build_fusion_model(vqa_config(tokenizer)).eval()
+    model_dir = tmp_path / "vqa"
+    save_task_model(model, tokenizer, model_dir)
+    loaded, loaded_tokenizer = load_fusion_model(model_dir)
+    pixels = get_transforms(PreprocessConfig(image_size=16))(images[0])[None]
+    tokens = loaded_tokenizer(["what colour is the circle?"])
+    with torch.no_grad():
+        before = model.answer_logits(tokens.input_ids, tokens.attention_mask, model.image_tokens(pixels))
+        after = loaded.answer_logits(tokens.input_ids, tokens.attention_mask, loaded.image_tokens(pixels))
+    torch.testing.assert_close(after, before)
+    probabilities = before.softmax(-1)[0]
+    result = runner.invoke(app, ["ask", str(model_dir), str(images[0]), "what colour is the circle?", "--json"],
+                           env=ENV)
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.stdout)["answers"]
+    ranked = sorted(zip(("blue", "no", "red"), probabilities.tolist(), strict=True), key=lambda pair: -pair[1])
+    assert [a["answer"] for a in answers] == [a for a, _ in ranked]
+    assert [a["probability"] for a in answers] == pytest.approx([p for _, p in ranked], abs=1e-5)
+
+
+def test_bad_inputs_to_the_commands_are_clear(tmp_path: Path, tokenizer: Tokenizer, images: list[Path]) -> None:
+    torch.manual_seed(0)
+    model_dir = tmp_path / "vqa"
+    save_task_model(build_fusion_model(vqa_config(tokenizer)), tokenizer, model_dir)
+    missing = runner.invoke(app, ["ask", str(model_dir), str(tmp_path / "nope.png"), "is there a square?"], env=ENV)
+    assert missing.exit_code != 0 and "no such image file" in str(missing.exception)
+    empty = runner.invoke(app, ["ask", str(model_dir), str(images[0]), "  "], env=ENV)
+    assert empty.exit_code != 0 and "the question is empty" in str(empty.exception)
+    wrong = runner.invoke(app, ["caption", str(model_dir), str(images[0])], env=ENV)
+    assert wrong.exit_code != 0 and "not a captioner model" in str(wrong.exception)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        save_task_model(captioner(tokenizer), Tokenizer(train_wordlevel(WORDS), 9, TokenizerConfig()),
+                        tmp_path / "bad")
+    with pytest.raises(CheckpointError, match="build_fusion_model"):
+        from polymodal.models.dual_encoder import build_tower
+        from polymodal.models.fusion import FusionModel
+
+        bare = FusionModel(vqa_config(tokenizer).fusion, build_tower(VISION, 32))
+        save_task_model(bare, tokenizer, tmp_path / "bare")
