@@ -243,6 +243,10 @@ def search(
     path: Annotated[str, typer.Option(help="Only items whose path matches this glob, e.g. '*/beach/*'.")] = "",
     model: ModelOpt = None,
     reembed: ReembedOpt = False,
+    rerank: Annotated[int | None, typer.Option(
+        min=1, help="Re-score the top RERANK images with the --reranker model's image-text matching head.")] = None,
+    reranker: Annotated[Path | None, typer.Option(help="A fusion model directory (ITM head) for --rerank.")
+                        ] = None,
     device: DeviceOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
@@ -256,10 +260,19 @@ def search(
     if reembed and model:
         reembed_store(store, model, device=device)
         model = None
+    if (rerank is None) != (reranker is None):
+        raise DataError("--rerank N and --reranker MODEL go together")
+    if rerank is not None and like:
+        raise DataError("--rerank re-scores a text query's results; it does not apply to --like")
     where_filter = Filter(parse_filters(where or []), path)
+    itm = None
+    if reranker is not None:
+        from polymodal.index.rerank import ITMReranker
+
+        itm = ITMReranker(reranker, device=device or "cpu")
     with Searcher(store, model=model, device=device) as searcher:
         hits = (searcher.more_like(list(like or []), k, modality, where_filter) if like
-                else searcher.search(str(query), k, modality, where_filter))
+                else searcher.search(str(query), k, modality, where_filter, reranker=itm, rerank_top=rerank or k))
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return

@@ -132,3 +132,47 @@ def test_bad_inputs_to_the_commands_are_clear(tmp_path: Path, tokenizer: Tokeniz
 
         bare = FusionModel(vqa_config(tokenizer).fusion, build_tower(VISION, 32))
         save_task_model(bare, tokenizer, tmp_path / "bare")
+
+
+def test_itm_reranking_only_reorders_the_candidates(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    import numpy as np
+
+    from polymodal.errors import DataError
+    from polymodal.index.api import index
+    from polymodal.index.pipeline import IndexOptions
+    from polymodal.index.rerank import ITMReranker
+    from polymodal.index.search import Searcher
+    from tests.helpers import save_tiny_model
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    index(str(photos), model=str(save_tiny_model(tmp_path / "dual")), options=IndexOptions(batch_size=4))
+    torch.manual_seed(0)
+    fusion_dir = tmp_path / "fusion"
+    save_task_model(build_fusion_model(vqa_config(tokenizer)), tokenizer, fusion_dir)
+    reranker = ITMReranker(fusion_dir)
+    with Searcher(tmp_path / "photos.pm") as searcher:
+        plain = searcher.search("a red circle", k=8)
+        reranked = searcher.search("a red circle", k=8, reranker=reranker, rerank_top=8)
+        top3 = searcher.search("a red circle", k=3, reranker=reranker, rerank_top=8)
+        assert sorted(h.id for h in reranked) == sorted(h.id for h in plain)  # the same candidates
+        probabilities = reranker.scores("a red circle", plain)
+        by_id = {h.id: float(p) for h, p in zip(plain, probabilities, strict=True)}
+        assert [h.score for h in reranked] == pytest.approx([by_id[h.id] for h in reranked])
+        assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+        assert [h.id for h in top3] == [h.id for h in reranked[:3]]
+        assert [h.id for h in reranked] != [h.id for h in plain]  # it did reorder (random weights)
+        for bad in ("red + circle", str(photos / "p1.png")):
+            with pytest.raises(DataError, match="plain text"):
+                searcher.search(bad, k=3, reranker=reranker, rerank_top=8)
+        with pytest.raises(DataError, match="at least k=5"):
+            searcher.search("a red circle", k=5, reranker=reranker, rerank_top=4)
+    result = runner.invoke(app, ["search", str(tmp_path / "photos.pm"), "a red circle", "-k", "3", "--rerank", "8",
+                                 "--reranker", str(fusion_dir), "--json"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert [h["id"] for h in json.loads(result.stdout)] == [h.id for h in top3]
+    alone = runner.invoke(app, ["search", str(tmp_path / "photos.pm"), "a red circle", "--rerank", "8"], env=ENV)
+    assert alone.exit_code != 0 and "go together" in str(alone.exception)

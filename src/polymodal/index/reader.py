@@ -18,13 +18,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from polymodal.data.records import ImageRef
 from polymodal.data.resolve import TABLE_SUFFIXES, captions_source, resolve_source
 from polymodal.data.sources import captions_by_image, image_files, load_source
 from polymodal.errors import DataError
-from polymodal.index.store import Item, NewItem, Store
+from polymodal.index.store import NewItem, Store
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -117,8 +117,16 @@ def image_metadata(found: Found, source: str) -> dict[str, Any]:
     return meta
 
 
-def image_ref(item: Item) -> ImageRef:
-    """Where a stored image item's bytes are."""
+class Located(Protocol):
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+
+def image_ref(item: Located) -> ImageRef:
+    """Where a stored image item's (or search hit's) bytes are."""
     tar = item.metadata.get("tar")
     if tar:
         return ImageRef(tar["path"], tar["member"], tar["offset"], tar["size"])

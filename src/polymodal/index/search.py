@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from polymodal.index.query import parse_query
 from polymodal.index.store import MODALITIES, Store
 from polymodal.inference import embed_texts, model_device
 from polymodal.transforms import ImageSource
+
+if TYPE_CHECKING:
+    from polymodal.index.rerank import ITMReranker
 
 # Below this share of items passing the filter, search only among them; above, over-fetch.
 PUSH_DOWN_BELOW = 0.1
@@ -82,9 +85,19 @@ class Searcher:
 
     # ----------------------------------------------------------------- queries
 
-    def search(self, query: str, k: int = 10, modality: str = "image", where: Filter = Filter()) -> list[Hit]:
-        """Top-k items of `modality` for a query string (text, image paths, arithmetic)."""
-        return self.search_vector(self.query_vector(query), k, modality, where)
+    def search(self, query: str, k: int = 10, modality: str = "image", where: Filter = Filter(),
+               reranker: ITMReranker | None = None, rerank_top: int = 50) -> list[Hit]:
+        """Top-k items of `modality` for a query string (text, image paths, arithmetic).
+        With a `reranker`, the top `rerank_top` images are re-scored by its ITM head."""
+        if reranker is None:
+            return self.search_vector(self.query_vector(query), k, modality, where)
+        terms = parse_query(query)
+        if modality != "image" or len(terms) != 1 or not terms[0].text or terms[0].weight != 1:
+            raise DataError("re-ranking reads the query as a caption of an image: give plain text and search images")
+        if rerank_top < k:
+            raise DataError(f"re-rank at least k={k} candidates, got {rerank_top}")
+        candidates = self.search_vector(self.query_vector(query), rerank_top, modality, where)
+        return reranker.rerank(terms[0].text, candidates)[:k]
 
     def more_like(self, ids: list[int], k: int = 10, modality: str = "image", where: Filter = Filter(),
                   include_given: bool = False) -> list[Hit]:
