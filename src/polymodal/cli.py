@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from polymodal import __version__
-from polymodal.cli_fusion import ask, caption
+from polymodal.cli_fusion import ask, caption, explain
 from polymodal.cli_index import dedup, index_app, search, serve
 from polymodal.errors import PolymodalError
 
@@ -35,6 +35,7 @@ app.command("dedup")(dedup)
 app.command("serve")(serve)
 app.command("caption")(caption)
 app.command("ask")(ask)
+app.command("explain")(explain)
 console = Console()
 
 ModelArg = Annotated[str, typer.Argument(help="A model directory (polymodal or transformers CLIP), or 'quickstart'.")]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -85,6 +86,33 @@ def ask(
     for answer, probability in ranked:
         table.add_row(answer, f"{probability:.3f}")
     console.print(table)
+
+
+def explain(
+    model: ModelDir,
+    image: Annotated[Path, typer.Argument(help="The image.")],
+    text: Annotated[str, typer.Argument(help="The text whose words' attention to show.")],
+    out: Annotated[Path, typer.Option(help="The PNG to write.")] = Path("attention.png"),
+    layer: Annotated[int, typer.Option(help="Which fusion layer's attention (-1: the last).")] = -1,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Draw where a fusion model looks: each word's attention over the image, as a PNG."""
+    from polymodal.errors import DataError
+    from polymodal.explain import explain as explain_attention
+    from polymodal.explain import render
+    from polymodal.factory import get_transforms
+    from polymodal.task_models import load_fusion_model
+
+    if not image.is_file():
+        raise DataError(f"{image}: no such image file")
+    fusion, tokenizer = load_fusion_model(model, device)
+    assert fusion.model_config is not None
+    found = explain_attention(fusion, tokenizer, get_transforms(fusion.model_config.preprocess), image, text, layer)
+    render(found, out)
+    peaks = ", ".join(f"{w} {np.unravel_index(m.argmax(), m.shape)}" for w, m in zip(found.words, found.maps,
+                                                                                    strict=True))
+    console.print(f"wrote {out} (layer {found.layer}); most attended patch (row, column) per word: {peaks}",
+                  highlight=False)
 
 
 def _pixels(images: list[Path], transform: ImageTransform, device: str) -> torch.Tensor:

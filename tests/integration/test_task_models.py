@@ -176,3 +176,45 @@ def test_itm_reranking_only_reorders_the_candidates(tmp_path: Path, tokenizer: T
     assert [h["id"] for h in json.loads(result.stdout)] == [h.id for h in top3]
     alone = runner.invoke(app, ["search", str(tmp_path / "photos.pm"), "a red circle", "--rerank", "8"], env=ENV)
     assert alone.exit_code != 0 and "go together" in str(alone.exception)
+
+
+@pytest.mark.parametrize("kind", ["cross", "single"])
+def test_explain_draws_each_words_attention_over_the_patches(tmp_path: Path, tokenizer: Tokenizer,
+                                                             images: list[Path], kind: str) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from polymodal.explain import explain, render
+    from polymodal.models.layers import capture_attention
+
+    config = vqa_config(tokenizer)
+    config = dataclasses.replace(config, fusion=dataclasses.replace(config.fusion, kind=kind))
+    torch.manual_seed(0)
+    model = build_fusion_model(config).eval()
+    transform = get_transforms(config.preprocess)
+    found = explain(model, tokenizer, transform, images[0], "a red circle")
+    assert found.words == ["a", "red", "circle"] and found.maps.shape == (3, 4, 4)  # 16 px / patch 4
+    np.testing.assert_allclose(found.maps.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    tokens = tokenizer(["a red circle"])
+    with torch.no_grad(), capture_attention(model.encoder) as recorded:
+        model.fuse(tokens.input_ids, tokens.attention_mask, model.image_tokens(transform(images[0])[None]))
+    last = len(model.encoder.transformer.blocks) - 1
+    if kind == "cross":
+        raw = recorded[f"transformer.blocks.{last}.cross_attn"][0][0].mean(0)[1:4, 1:]
+    else:
+        raw = recorded[f"transformer.blocks.{last}.attn"][0][0].mean(0)[1:4, 5 + 1:]  # 5 text tokens first
+    expected = (raw / raw.sum(dim=1, keepdim=True)).reshape(3, 4, 4).numpy()
+    np.testing.assert_allclose(found.maps, expected, rtol=1e-5, atol=1e-7)
+
+    picture = render(found, tmp_path / "attention.png")
+    with Image.open(picture) as drawn:
+        assert drawn.size[0] > 4 * drawn.size[1] / 2  # one row: the image and three words
+    model_dir = tmp_path / "model"
+    save_task_model(model, tokenizer, model_dir)
+    result = runner.invoke(app, ["explain", str(model_dir), str(images[0]), "a red circle", "--out",
+                                 str(tmp_path / "cli.png"), "--layer", "0"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli.png").stat().st_size > 1000 and "layer 0" in result.stdout
+    bad = runner.invoke(app, ["explain", str(model_dir), str(images[0]), "a red circle", "--layer", "5"], env=ENV)
+    assert bad.exit_code != 0 and "has 2 layers" in str(bad.exception)
