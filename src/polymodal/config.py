@@ -240,7 +240,7 @@ class FusionConfig:
     image_width: int  # the vision tower's token width
     transformer: TransformerConfig
     pad_token_id: int = 0
-    mask_token_id: int = 1  # what masked language modelling puts in place of a word
+    mask_token_id: int = 3  # what masked language modelling puts in place of a word (<mask> of train_wordlevel)
     num_answers: int = 0  # VQA answer classes; 0: no VQA head
     tie_word_embeddings: bool = True  # the MLM decoder reuses the token embeddings (BERT)
 

@@ -381,11 +381,19 @@ def test_every_run_is_a_job_whose_events_reach_the_caller_and_the_log(tmp_path: 
     assert [j.state for j in list_jobs(store)] == ["done", "done"]
 
 
-def test_a_failed_first_run_leaves_no_store_folder_behind(tmp_path: Path) -> None:
+def test_a_failed_first_run_leaves_no_store_folder_behind(tmp_path: Path, model_dir: Path) -> None:
     photos = make_photos(tmp_path / "photos", n=2)
     with pytest.raises(Exception, match="model"):
         index(str(photos), model=str(tmp_path / "no-such-model"), options=OPTIONS)
     assert not (tmp_path / "photos.pm").exists()
+    # a folder of the user's that happens to have a jobs/ folder is neither used nor touched
+    project = tmp_path / "project"
+    (project / "jobs").mkdir(parents=True)
+    (project / "jobs" / "payroll.csv").write_text("precious")
+    for model in (str(tmp_path / "no-such-model"), str(model_dir)):
+        with pytest.raises(StoreError, match="not a store and not empty"):
+            index(str(photos), store=project, model=model, options=OPTIONS)
+    assert (project / "jobs" / "payroll.csv").read_text() == "precious"
 
 
 def test_cli_lists_jobs_and_watches_one_from_its_log(tmp_path: Path, model_dir: Path) -> None:

@@ -49,7 +49,7 @@ def sse_events(client: TestClient, url: str, **headers: str) -> list[ProgressEve
         assert response.headers["content-type"].startswith("text/event-stream")
         body = "".join(response.iter_text())
     events = []
-    for block in body.strip().split("\n\n"):
+    for block in filter(None, body.strip().split("\n\n")):
         lines = dict(line.split(": ", 1) for line in block.splitlines())
         event = ProgressEvent.from_json(lines["data"])
         assert int(lines["id"]) == event.seq
@@ -91,9 +91,10 @@ def test_an_index_job_started_over_http_streams_its_progress_and_its_items_are_s
     names = {h["name"] for h in client.get("/api/search", params={"q": "x", "k": 10}).json()["hits"]}
     assert names == {"b.png", "c.png", "d.png", "e.png"}
 
-    # resuming after the third event replays only the rest
+    # resuming after the third event replays only the rest; after the last, nothing, at once
     resumed = sse_events(client, f"/api/jobs/{job_id}/events", **{"Last-Event-ID": "2"})
     assert [e.seq for e in resumed] == [e.seq for e in events[3:]]
+    assert sse_events(client, f"/api/jobs/{job_id}/events", **{"Last-Event-ID": str(events[-1].seq)}) == []
 
 
 def test_jobs_of_another_process_are_listed_and_streamed_and_its_changes_served(
@@ -108,6 +109,27 @@ def test_jobs_of_another_process_are_listed_and_streamed_and_its_changes_served(
     assert sse_events(client, f"/api/jobs/{newest['id']}/events") == read_events(store, newest["id"])
     hits = client.get("/api/search", params={"q": "x", "k": 10}).json()["hits"]
     assert "f.png" in {h["name"] for h in hits} and len(hits) == 4
+
+
+def test_commits_of_a_running_job_do_not_drop_the_servers_index_but_a_reembed_is_followed(
+        served: tuple[Path, Path, SearchService], tmp_path: Path) -> None:
+    from polymodal.index.store import NewItem, Store
+
+    photos, store, service = served
+    client = TestClient(create_app(service), raise_server_exceptions=False)
+    client.get("/api/search", params={"q": "x"})
+    cached = service.searcher._indexes["image"]
+    with Store(store, writable=True) as writer:  # a job mid-run: a commit, no index rebuild yet
+        writer.add([NewItem(uri=str(photos / "zz.png"), modality="image", sha256="f" * 64, size=1, mtime_ns=1)],
+                   np.ones((1, writer.manifest.dim), np.float32))
+    client.get("/api/search", params={"q": "x"})
+    assert service.searcher._indexes["image"] is cached  # searches keep the built index meanwhile
+
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    before = client.get("/api/health").json()["model_id"]
+    index(str(photos), store=store, model=str(other), reembed=True, options=OPTIONS)  # another process
+    after = client.get("/api/search", params={"q": "x"})
+    assert after.status_code == 200 and client.get("/api/health").json()["model_id"] not in ("", before)
 
 
 def test_a_second_job_is_refused_while_one_runs_and_bad_job_ids_are_clear(

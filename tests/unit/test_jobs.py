@@ -64,7 +64,7 @@ def test_a_job_whose_process_died_reads_as_interrupted(tmp_path: Path) -> None:
                     + "\n" + ProgressEvent(job_id, 1, "running", "embedding", 5, 9, time.time(), "", dead.pid,
                                            host).to_json() + "\n")
     assert job_status(tmp_path, job_id).state == "interrupted"
-    streamed = list(follow(tmp_path, job_id, poll=0.01, timeout=5))
+    streamed = list(follow(tmp_path, job_id, interval=0.01, timeout=5))
     assert [e.stage for e in streamed] == ["start", "embedding", "end"]
     assert streamed[-1].state == "interrupted"
 
@@ -83,7 +83,7 @@ def test_follow_streams_events_as_another_writer_appends_them(tmp_path: Path) ->
 
     threading.Thread(target=write).start()
     started.set()
-    streamed = list(follow(tmp_path, job.id, poll=0.01, timeout=10))
+    streamed = list(follow(tmp_path, job.id, interval=0.01, timeout=10))
     assert [(e.stage, e.done) for e in streamed] == [("start", 0), ("embedding", 1), ("embedding", 2), ("end", 1)]
     assert streamed == read_events(tmp_path, job.id)
 
@@ -119,3 +119,29 @@ def test_job_ids_never_name_another_file(tmp_path: Path, bad: str) -> None:
         job_file(tmp_path, bad)
     with pytest.raises(StoreError):
         read_events(tmp_path, bad)
+
+
+def test_following_from_after_the_end_returns_at_once(tmp_path: Path) -> None:
+    with JobLog(tmp_path, "src") as job:
+        job("embedding", 1, 1)
+    last = read_events(tmp_path, job.id)[-1].seq
+    start = time.monotonic()
+    assert list(follow(tmp_path, job.id, after=last)) == []  # no timeout: a hang would fail the suite
+    assert time.monotonic() - start < 2
+    with pytest.raises(StoreError, match="no job"):
+        list(follow(tmp_path, "20260101T000000-00000000"))
+
+
+def test_a_reused_process_id_does_not_keep_a_dead_job_running(tmp_path: Path) -> None:
+    job_id = jobs.new_job_id()
+    path = job_file(tmp_path, job_id)
+    path.parent.mkdir(parents=True)
+    # this very process's id, but recorded by an earlier process (another start time)
+    event = ProgressEvent(job_id, 0, "running", "start", 0, 0, time.time(), "src", jobs.os.getpid(),
+                          jobs.socket.gethostname(), "some-boot:12345")
+    path.write_text(event.to_json() + "\n")
+    assert job_status(tmp_path, job_id).state == "interrupted"
+    alive = ProgressEvent(job_id, 0, "running", "start", 0, 0, time.time(), "src", jobs.os.getpid(),
+                          jobs.socket.gethostname(), jobs.process_token(jobs.os.getpid()))
+    path.write_text(alive.to_json() + "\n")
+    assert job_status(tmp_path, job_id).state == "running"

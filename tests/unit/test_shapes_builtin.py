@@ -46,16 +46,18 @@ def test_held_out_pairs_never_appear_in_training_scenes(built: Path) -> None:
     assert set(splits) == {"train", "val", "test", "test_heldout"} and splits["train"] > splits["test_heldout"] > 20
 
 
-def test_answers_are_balanced_within_each_split_and_type(built: Path) -> None:
+def test_answers_are_balanced_so_the_wording_says_nothing(built: Path) -> None:
     counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     per_scene: Counter = Counter()
     for q in read(built / "questions.jsonl"):
-        counts[q["split"], q["type"]][q["answer"]] += 1
-        per_scene[q["image"], q["type"]] += 1
-    for (split, kind), answers in counts.items():
-        assert len(set(answers.values())) == 1, (split, kind, answers)  # every answer equally often
-    assert {kind for _, kind in counts} == set(QUESTION_TYPES)
-    assert len(counts["train", "count"]) == 5 and len(counts["train", "colour"]) == len(COLOURS)
+        counts[q["split"], q["template"]][q["answer"]] += 1
+        per_scene[q["image"], q["template"]] += 1
+    for (split, template), answers in counts.items():
+        assert len(set(answers.values())) == 1, (split, template, answers)  # every answer equally often
+    types = {q["type"] for q in read(built / "questions.jsonl")}
+    assert types == set(QUESTION_TYPES)
+    assert set(counts["train", "how many objects?"]) == {"1", "2", "3", "4"}
+    assert len(counts["train", "what colour is the S?"]) == len(COLOURS)
     assert max(per_scene.values()) <= 2
 
 
@@ -107,6 +109,17 @@ def test_captions_are_a_training_source(built: Path) -> None:
     assert train.records[0].captions == tuple(rows[[r["split"] for r in rows].index("train")]["captions"])
 
 
+def test_shapes_never_overlap(built: Path) -> None:
+    from polymodal.data.builtin.shapes import OUTER, SIZES
+
+    for scene in read(built / "scenes.jsonl"):
+        objects = scene["objects"]
+        for i, a in enumerate(objects):
+            for b in objects[i + 1:]:
+                gap = ((a["x"] - b["x"]) ** 2 + (a["y"] - b["y"]) ** 2) ** 0.5
+                assert gap > OUTER * (SIZES[a["size"]] + SIZES[b["size"]]), scene
+
+
 def test_a_folder_holding_other_files_is_refused_and_the_cli_builds(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -121,3 +134,8 @@ def test_a_folder_holding_other_files_is_refused_and_the_cli_builds(tmp_path: Pa
     assert "wrote 30 scenes" in result.stdout and len(list((tmp_path / "s" / "images").glob("*.png"))) == 30
     again = CliRunner().invoke(app, ["data", "build", "shapes", str(tmp_path / "s"), "--scenes", "30"])
     assert again.exit_code != 0 and "already holds a shapes dataset" in str(again.exception or again.output)
+    emoji = tmp_path / "emoji"
+    emoji.mkdir()
+    (emoji / "dataset.json").write_text('{"emoji": 3}')  # an emoji dataset of an earlier version
+    with pytest.raises(DataError, match="holds an emoji dataset, not a shapes dataset"):
+        build_shapes_dataset(emoji, scenes=10, overwrite=True)

@@ -18,7 +18,8 @@ from polymodal.checkpoint import replace_dir
 from polymodal.errors import StoreError
 from polymodal.eval.runner import EvalOptions, LoadedModel, load_for_eval
 from polymodal.index.build import IndexSpec, build_index, build_spec, index_info
-from polymodal.index.jobs import JOBS_DIR, JobLog, Subscriber
+from polymodal.index.jobs import JOB_ID, JOBS_DIR, JobLog, Subscriber, job_file, new_job_id
+from polymodal.index.manifest import Manifest
 from polymodal.index.pipeline import DEFAULT_OPTIONS, Encoder, IndexOptions, IndexReport, index_source
 from polymodal.index.reader import Progress
 from polymodal.index.store import Store
@@ -93,18 +94,34 @@ def index(source: str, store: str | Path | None = None, model: str | None = None
     if not exists and not model:
         raise StoreError(f"{path} does not exist yet: name the model to embed with (--model MODEL_DIR, "
                          "or --model quickstart)")
+    if not exists and path.exists() and not _only_job_logs(path):
+        raise StoreError(f"{path} is not a store and not empty: choose another store path")
+    job_id = job_id or new_job_id()
     try:
         return _index_job(source, path, model, exists, reembed, options, device, spec, on_event, job_id)
     except BaseException:
         if not exists and not (path / "manifest.json").exists():  # leave no half-made store behind
-            shutil.rmtree(path / JOBS_DIR, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                path.rmdir()
+            job_file(path, job_id).unlink(missing_ok=True)
+            for folder in (path / JOBS_DIR, path):  # only if nothing else is in them
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 
+def _only_job_logs(path: Path) -> bool:
+    """An empty folder, or one holding nothing but job logs (of a first run that was killed)."""
+    if not path.is_dir():
+        return False
+    for entry in path.iterdir():
+        if entry.name != JOBS_DIR or not entry.is_dir():
+            return False
+        if any(not (log.suffix == ".jsonl" and JOB_ID.fullmatch(log.stem)) for log in entry.iterdir()):
+            return False
+    return True
+
+
 def _index_job(source: str, path: Path, model: str | None, exists: bool, reembed: bool, options: IndexOptions,
-               device: str, spec: IndexSpec, on_event: Subscriber | None, job_id: str | None) -> IndexResult:
+               device: str, spec: IndexSpec, on_event: Subscriber | None, job_id: str) -> IndexResult:
     with JobLog(path, source, [on_event] if on_event else [], job_id) as job:
         if exists and reembed and model:
             result = reembed_store(path, model, extra_source=source, options=options, device=device, job=job)
@@ -118,14 +135,18 @@ def _index_job(source: str, path: Path, model: str | None, exists: bool, reembed
 
 
 def update_from_roots(store_path: str | Path, *, options: IndexOptions = DEFAULT_OPTIONS, device: str = "",
-                      on_event: Subscriber | None = None, job_id: str | None = None) -> IndexResult:
+                      loaded: LoadedModel | None = None, on_event: Subscriber | None = None,
+                      job_id: str | None = None) -> IndexResult:
     """Bring an existing store up to date with every folder and file it was indexed from
-    (what a server's index job runs)."""
+    (what a server's index job runs). `loaded`: the store's model, already in memory."""
     path = Path(store_path)
     with Store(path) as current:
         roots = current.roots
     with JobLog(path, ", ".join(roots), [on_event] if on_event else [], job_id) as job:
-        loaded = store_model(path, None, device)
+        if loaded is None:
+            loaded = store_model(path, None, device)
+        else:
+            check_provenance(path, Manifest.read(path).model_id, loaded)
         with Store(path, writable=True) as opened:
             result = _update(opened, loaded, roots, options, IndexSpec(), job)
         job.summary = result.summary()

@@ -26,9 +26,9 @@ from typing import Any, Literal
 from polymodal.errors import StoreError
 
 JOBS_DIR = "jobs"
-KEEP_JOBS = 50  # finished job logs kept per store
+KEEP_JOBS = 50  # earlier job logs kept when a job starts
 EVENTS_PER_SECOND = 4  # progress events per stage and second; first and last of a stage always
-JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{8}$")
+JOB_ID = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{8}")
 TERMINAL = ("done", "failed", "interrupted")
 
 State = Literal["running", "done", "failed", "interrupted"]
@@ -50,6 +50,7 @@ class ProgressEvent:
     message: str = ""
     pid: int = 0
     host: str = ""
+    process: str = ""  # process_token(pid) of the writer: ids are reused
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -71,7 +72,7 @@ def jobs_dir(store_path: str | Path) -> Path:
 
 
 def job_file(store_path: str | Path, job_id: str) -> Path:
-    if not JOB_ID.match(job_id):  # ids come from URLs: never let one name another file
+    if not JOB_ID.fullmatch(job_id):  # ids come from URLs: never let one name another file
         raise StoreError(f"not a job id: {job_id!r}")
     return jobs_dir(store_path) / f"{job_id}.jsonl"
 
@@ -94,6 +95,7 @@ class JobLog:
         self._stage = ""
         self._last_emit = 0.0
         self._host = socket.gethostname()
+        self._process = process_token(os.getpid())
 
     def __enter__(self) -> JobLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ class JobLog:
 
     def _emit(self, state: State, stage: str, done: int, total: int, message: str = "") -> None:
         event = ProgressEvent(self.id, self._seq, state, stage, done, total, time.time(), message,
-                              os.getpid(), self._host)
+                              os.getpid(), self._host, self._process)
         self._seq += 1
         with open(self.path, "a", encoding="utf-8") as out:  # one write per line: readers never see half
             out.write(event.to_json() + "\n")
@@ -185,7 +187,7 @@ def list_jobs(store_path: str | Path, limit: int = 20) -> list[JobStatus]:
         return []
     out = []
     for path in folder.glob("*.jsonl"):
-        if JOB_ID.match(path.stem):
+        if JOB_ID.fullmatch(path.stem):
             try:
                 out.append(job_status(store_path, path.stem))
             except StoreError:
@@ -194,25 +196,41 @@ def list_jobs(store_path: str | Path, limit: int = 20) -> list[JobStatus]:
     return sorted(out, key=lambda job: (job.started, job.id), reverse=True)[:limit]
 
 
-def follow(store_path: str | Path, job_id: str, after: int = -1, poll: float = 0.2,
+def poll(store_path: str | Path, job_id: str, after: int = -1) -> tuple[list[ProgressEvent], bool]:
+    """(events with seq > `after`, whether the job has ended). A job whose process died
+    without an end event ends with a made-up "interrupted" event. A log that is missing
+    for a moment (a re-embed swapping the store folder) reads as no news."""
+    try:
+        events = read_events(store_path, job_id)
+    except StoreError:
+        return [], False
+    if not events:
+        return [], False
+    new = [e for e in events if e.seq > after]
+    last = events[-1]
+    if last.state in TERMINAL:
+        return new, True
+    if not _alive(last):
+        return [*new, ProgressEvent(job_id, last.seq + 1, "interrupted", "end", 0, 1, time.time(),
+                                    "the indexing process ended without finishing", last.pid, last.host,
+                                    last.process)], True
+    return new, False
+
+
+def follow(store_path: str | Path, job_id: str, after: int = -1, interval: float = 0.2,
            timeout: float | None = None) -> Iterator[ProgressEvent]:
-    """The job's events as they are written, until it ends (or its process dies)."""
+    """The job's events as they are written, until it ends (or its process dies), or
+    until `timeout` seconds have passed."""
+    read_events(store_path, job_id)  # an unknown job fails now, not by waiting forever
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        events = read_events(store_path, job_id, after)
+        events, ended = poll(store_path, job_id, after)
         for event in events:
             yield event
             after = event.seq
-            if event.state in TERMINAL:
-                return
-        if not events and job_status(store_path, job_id).state == "interrupted":
-            last = read_events(store_path, job_id)[-1]
-            yield ProgressEvent(job_id, last.seq + 1, "interrupted", "end", 0, 1, time.time(),
-                                "the indexing process ended without finishing", last.pid, last.host)
+        if ended or (deadline is not None and time.monotonic() > deadline):
             return
-        if deadline is not None and time.monotonic() > deadline:
-            return
-        time.sleep(poll)
+        time.sleep(interval)
 
 
 def prune_jobs(store_path: str | Path, keep: int | None = None) -> None:
@@ -220,6 +238,18 @@ def prune_jobs(store_path: str | Path, keep: int | None = None) -> None:
     for status in list_jobs(store_path, limit=10**9)[KEEP_JOBS if keep is None else keep:]:
         if status.state != "running":
             job_file(store_path, status.id).unlink(missing_ok=True)
+
+
+def process_token(pid: int) -> str:
+    """What tells this process apart from a later one with the same id: the boot id and
+    the process's start time (Linux /proc); "" where /proc is not there."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (command) "
+    return f"{boot}:{fields[19]}"  # field 22 of stat: start time in clock ticks since boot
 
 
 def _alive(event: ProgressEvent) -> bool:
@@ -230,5 +260,6 @@ def _alive(event: ProgressEvent) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    # the id may belong to a newer process now (a restarted container keeps its host name)
+    return not event.process or process_token(event.pid) in ("", event.process)

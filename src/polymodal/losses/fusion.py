@@ -53,7 +53,9 @@ def sample_hard_negatives(similarity: Tensor, group_ids: Tensor | None = None, t
     """(text_for_image, image_for_text): for image i the index of a negative caption, for
     caption j the index of a negative image, sampled with weights softmax(sim / T) over
     the batch's non-positives. `similarity` is (images, captions) of one batch, row i
-    and column i being a positive pair. A row with no negative at all raises."""
+    and column i being a positive pair, as logits: cosines times the dual encoder's logit
+    scale (ALBEF: cosine / 0.07); raw cosines would make the draw nearly uniform, i.e.
+    not hard. A row with no negative at all raises."""
     n = similarity.shape[0]
     if similarity.shape != (n, n) or n < 2:
         raise ValueError(f"similarity must be a square (B, B) matrix with B >= 2, got {tuple(similarity.shape)}")

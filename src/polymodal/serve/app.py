@@ -7,9 +7,11 @@ errors become JSON (`{"error": ...}`) with no stack traces.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +20,7 @@ from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal import __version__
@@ -44,7 +47,10 @@ K = Annotated[int, Query(ge=1, le=200, description="How many results.")]
 WhereQ = Annotated[list[str] | None, Query(description="Metadata filter KEY=VALUE (repeatable).")]
 PathQ = Annotated[str, Query(max_length=500, description="Only items whose path matches this glob.")]
 ItemId = Annotated[int, FastPath(ge=0, le=2**63 - 1, description="An item id, as search results give it.")]
-JobId = Annotated[str, FastPath(pattern=JOB_ID.pattern, description="A job id, as /api/jobs lists them.")]
+JobId = Annotated[str, FastPath(pattern=f"^{JOB_ID.pattern}$", description="A job id, as /api/jobs lists them.")]
+STREAM_POLL_S = 0.25  # how often a job stream looks for new events
+STREAM_HEARTBEAT_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+STREAM_MAX_S = 3600.0  # a stream ends after this long; EventSource reconnects with Last-Event-ID
 
 
 def create_app(service: SearchService, api_key: str | None = None, cors_origins: tuple[str, ...] = ()) -> FastAPI:
@@ -108,14 +114,29 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
 
     @app.get("/api/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
              tags=["jobs"])
-    def job_events(job_id: JobId, last_event_id: Annotated[int | None, Header(
-                       ge=-1, description="Resume after this event (browsers send it on reconnect).")] = None,
-                   ) -> StreamingResponse:
+    async def job_events(request: Request, job_id: JobId, last_event_id: Annotated[int | None, Header(
+                             ge=-1, description="Resume after this event (browsers send it on reconnect).")] = None,
+                         ) -> StreamingResponse:
         """Server-sent events: one `data:` line of JSON per progress event (the lines the CLI
         progress bar draws), until the job is done, failed or interrupted."""
-        events = service.job_events(job_id, -1 if last_event_id is None else last_event_id)
-        return StreamingResponse((f"id: {e.seq}\ndata: {e.to_json()}\n\n" for e in events),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        await run_in_threadpool(service.job, job_id)  # 404 before the stream starts
+        start = -1 if last_event_id is None else last_event_id
+
+        async def stream() -> AsyncIterator[str]:
+            after, began, quiet_since = start, time.monotonic(), time.monotonic()
+            while time.monotonic() - began < STREAM_MAX_S and not await request.is_disconnected():
+                events, ended = await run_in_threadpool(service.job_events_since, job_id, after)
+                for event in events:
+                    yield f"id: {event.seq}\ndata: {event.to_json()}\n\n"
+                    after, quiet_since = event.seq, time.monotonic()
+                if ended:
+                    return
+                if time.monotonic() - quiet_since > STREAM_HEARTBEAT_S:
+                    yield ": still running\n\n"
+                    quiet_since = time.monotonic()
+                await asyncio.sleep(STREAM_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -28,10 +28,11 @@ from polymodal.classify import class_probabilities
 from polymodal.errors import DataError, ImageDecodeError, PolymodalError, StoreBusy, StoreError
 from polymodal.eval.zeroshot import class_embeddings
 from polymodal.index.api import remove_items
-from polymodal.index.jobs import ProgressEvent, follow, job_status, list_jobs, new_job_id
+from polymodal.index.build import index_info
+from polymodal.index.jobs import ProgressEvent, job_status, list_jobs, new_job_id, poll
 from polymodal.index.reader import image_ref
 from polymodal.index.search import Filter, Hit, Searcher
-from polymodal.index.store import Item
+from polymodal.index.store import DB_FILE, Item
 from polymodal.serve.schemas import ClassifyOut, HealthOut, HitOut, ItemOut, JobOut, LabelScore, Modality, SearchOut
 from polymodal.transforms import load_image
 
@@ -70,7 +71,8 @@ class SearchService:
         self._lock = threading.Lock()
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()  # thumbnails are made outside the main lock, in parallel
-        self._generation = self.searcher.store.generation
+        self._generation = index_info(self.searcher.store.path).get("generation")
+        self._inode = _inode(self.searcher.store.path)
         self._job_lock = threading.Lock()
         self._job: threading.Thread | None = None
 
@@ -217,11 +219,17 @@ class SearchService:
         uploads.mkdir(exist_ok=True)
         target = uploads / f"{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
         with self._lock:
-            if not target.exists():
+            new_file = not target.exists()
+            if new_file:
                 tmp = uploads / f".{target.name}.tmp"
                 tmp.write_bytes(data)
                 os.replace(tmp, target)
-            self._reindex(str(uploads))
+            try:
+                self._reindex(str(uploads))
+            except StoreBusy:  # another writer has the store: leave no unindexed upload behind
+                if new_file:
+                    target.unlink(missing_ok=True)
+                raise
             found = self.searcher.store.find(str(target.resolve()), "image")
         if found is None:
             raise DataError("the upload could not be indexed")
@@ -250,13 +258,22 @@ class SearchService:
         self._refresh()
 
     def _follow_store(self) -> None:
-        """Another process (`polymodal index`) may have changed the store: serve its new state."""
-        if self.searcher.store.generation != self._generation:
+        """Another process (`polymodal index`) may have changed the store: serve its new state
+        once it has rebuilt the index (not at every commit of a running job, which would
+        make each search rebuild an exact index), and reopen a store that a re-embed
+        swapped for a new folder."""
+        path = self.searcher.store.path
+        if _inode(path) not in (-1, self._inode):  # -1: mid-swap, keep serving the old one a moment
+            self.searcher.close()
+            self.searcher = Searcher(path, device=self._device)  # the new store's own model
+            self._refresh()
+        elif index_info(path).get("generation") != self._generation:
             self._refresh()
 
     def _refresh(self) -> None:
         """Forget cached indexes and thumbnails after the store changed."""
-        self._generation = self.searcher.store.generation
+        self._generation = index_info(self.searcher.store.path).get("generation")
+        self._inode = _inode(self.searcher.store.path)
         self.searcher.reload()
         with self._cache_lock:
             self._thumbnails.clear()
@@ -273,10 +290,9 @@ class SearchService:
         except StoreError:
             raise NotFound(f"no job {job_id!r}") from None
 
-    def job_events(self, job_id: str, after: int = -1) -> Iterator[ProgressEvent]:
-        """The job's progress events as they are written, until it ends."""
-        self.job(job_id)  # 404 before the stream starts
-        return follow(self.searcher.store.path, job_id, after)
+    def job_events_since(self, job_id: str, after: int = -1) -> tuple[list[ProgressEvent], bool]:
+        """The job's events after `after`, and whether it has ended (see jobs.poll)."""
+        return poll(self.searcher.store.path, job_id, after)
 
     def start_index_job(self) -> JobOut:
         """Bring the store up to date with its folders in a background thread; searches go on
@@ -296,17 +312,18 @@ class SearchService:
                 return self.job(job_id)
             except NotFound:
                 time.sleep(0.01)
-        raise PolymodalError(f"index job {job_id} did not start")
+        raise RuntimeError(f"index job {job_id} did not start")  # a server fault: answered as a 500
 
     def _run_index_job(self, job_id: str) -> None:
         from polymodal.index.api import update_from_roots
 
         try:
-            update_from_roots(self.searcher.store.path, device=self._device, job_id=job_id)
+            # the server's own model: no second copy in memory (forward passes may run concurrently)
+            update_from_roots(self.searcher.store.path, loaded=self.searcher.model, job_id=job_id)
+            with self._lock:
+                self._refresh()
         except Exception as err:  # written to the job log as a failed event; the server stays up
             log.warning("index job %s failed: %s", job_id, type(err).__name__)
-        with self._lock:
-            self._refresh()
 
     def classify(self, data: bytes, labels: list[str], template: str = "a photo of a {}.") -> ClassifyOut:
         labels = list(dict.fromkeys(label.strip() for label in labels if label.strip()))
@@ -329,11 +346,17 @@ class SearchService:
     def health(self) -> HealthOut:
         with self._lock:
             store = self.searcher.store
-            from polymodal.index.build import index_info
-
             built = index_info(store.path)
             return HealthOut(store=store.path.name, model_id=store.manifest.model_id, images=store.count("image"),
                              texts=store.count("text"), index=str(built.get("backend", "exact")))
+
+
+def _inode(store_path: Path) -> int:
+    """Tells a store's database apart from the one a re-embed swapped in."""
+    try:
+        return os.stat(store_path / DB_FILE).st_ino
+    except OSError:
+        return -1
 
 
 def _name(uri: str) -> str:

@@ -109,7 +109,7 @@ def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST
     `out` must be new, empty, or (with `overwrite`) an earlier emoji dataset: a folder
     holding anything else is never deleted."""
     out = Path(out).resolve()
-    check_target(out, overwrite, "emoji dataset")
+    check_target(out, overwrite, "emoji dataset", "emoji")
     entries = parse_emoji_test(emoji_test)
     if not font_path.is_file():
         raise DataError(f"{font_path} not found; {INSTALL_HINT}")
@@ -128,7 +128,7 @@ def build_emoji_dataset(out: Path, size: int = 64, emoji_test: Path = EMOJI_TEST
                          "subgroup": entry.subgroup, "split": entry.split})
         with open(tmp / "captions.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        info = {"emoji": len(rows), "size": size, "skipped": skipped,
+        info = {"kind": "emoji", "emoji": len(rows), "size": size, "skipped": skipped,
                 "splits": {s: sum(r["split"] == s for r in rows) for s, _ in SPLITS},
                 "sources": {"emoji_test": str(emoji_test), "font": str(font_path)}}
         (tmp / MARKER).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")

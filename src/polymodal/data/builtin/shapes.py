@@ -10,7 +10,7 @@ reported on seen and on never-seen combinations.
 
     OUT/images/scene-00000.png ...
     OUT/scenes.jsonl      {"image", "split", "objects": [{"shape", "colour", "size", "x", "y"}]}
-    OUT/questions.jsonl   {"image", "question", "answer", "type", "split"}
+    OUT/questions.jsonl   {"image", "question", "answer", "type", "template", "split"}
     OUT/captions.jsonl    {"image", "captions", "split"}   (a captions source for training)
     OUT/dataset.json      counts per split and type, the answer vocabulary, the held-out pairs
 """
@@ -35,6 +35,7 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
            "purple": (140, 60, 190), "gray": (120, 120, 120)}
 SIZES = {"small": 0.09, "large": 0.15}  # radius as a share of the image side
+OUTER = 1.3  # a square's corners lie at 1.27 radii from its centre, a triangle's at 1.24
 HELD_OUT = (("red", "triangle"), ("blue", "circle"), ("yellow", "square"))
 MAX_OBJECTS = 4
 QUESTION_TYPES = ("exist", "count", "colour", "shape", "spatial")
@@ -65,6 +66,7 @@ class Question:
     question: str
     answer: str
     type: str
+    template: str  # the wording with its colour and shape words left out: answers are balanced per template
 
 
 # --------------------------------------------------------------------------- scenes
@@ -93,9 +95,9 @@ def _place(rng: random.Random, scene: list[Shape], pair: tuple[str, str] | None,
         if not allow_held_out and (colour, shape) in HELD_OUT:
             continue
         size = rng.choice(list(SIZES))
-        r = SIZES[size]
+        r = SIZES[size] * OUTER  # corners reach past the radius: space shapes by their outer circle
         x, y = rng.uniform(r + 0.02, 1 - r - 0.02), rng.uniform(r + 0.02, 1 - r - 0.02)
-        if all(math.hypot(x - o.x, y - o.y) > r + o.radius + 0.03 for o in scene):
+        if all(math.hypot(x - o.x, y - o.y) > r + o.radius * OUTER + 0.03 for o in scene):
             return Shape(shape, colour, size, round(x, 4), round(y, 4))
     return None
 
@@ -145,46 +147,51 @@ def questions_of(scene: list[Shape], rng: random.Random) -> list[Question]:
     pairs = {(o.colour, o.shape) for o in scene}
     for colour in COLOURS:  # exist: a colour-shape pair, present or not
         for shape in SHAPES:
-            out.append(Question(f"is there a {colour} {shape}?", "yes" if (colour, shape) in pairs else "no", "exist"))
-    out.append(Question("how many objects are there?", str(len(scene)), "count"))
+            out.append(Question(f"is there a {colour} {shape}?", "yes" if (colour, shape) in pairs else "no", "exist",
+                                "is there a C S?"))
+    out.append(Question("how many objects are there?", str(len(scene)), "count", "how many objects?"))
     for shape in SHAPES:  # count
-        out.append(Question(f"how many {shape}s are there?", str(sum(o.shape == shape for o in scene)), "count"))
+        out.append(Question(f"how many {shape}s are there?", str(sum(o.shape == shape for o in scene)), "count",
+                            "how many Ss?"))
     for colour in COLOURS:
         out.append(Question(f"how many {colour} objects are there?", str(sum(o.colour == colour for o in scene)),
-                            "count"))
+                            "count", "how many C objects?"))
     for o in scene:  # colour and shape of a uniquely described object
         if sum(p.shape == o.shape for p in scene) == 1:
-            out.append(Question(f"what colour is the {o.shape}?", o.colour, "colour"))
+            out.append(Question(f"what colour is the {o.shape}?", o.colour, "colour", "what colour is the S?"))
         if sum(p.colour == o.colour for p in scene) == 1:
-            out.append(Question(f"what shape is the {o.colour} object?", o.shape, "shape"))
+            out.append(Question(f"what shape is the {o.colour} object?", o.shape, "shape",
+                                "what shape is the C object?"))
     unique = [o for o in scene if sum(p.name == o.name for p in scene) == 1]
     for a in unique:  # spatial: left of / above, between objects far enough apart
         for b in unique:
             if a is b:
                 continue
             if abs(a.x - b.x) > SPATIAL_MARGIN:
-                out.append(Question(f"is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "spatial"))
+                out.append(Question(f"is the {a.name} left of the {b.name}?", "yes" if a.x < b.x else "no", "spatial",
+                                    "is the C S left of the C S?"))
             if abs(a.y - b.y) > SPATIAL_MARGIN:
-                out.append(Question(f"is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "spatial"))
+                out.append(Question(f"is the {a.name} above the {b.name}?", "yes" if a.y < b.y else "no", "spatial",
+                                    "is the C S above the C S?"))
     rng.shuffle(out)
     return out
 
 
 def balance(candidates: list[tuple[int, Question]], rng: random.Random, per_scene: int,
             group: Callable[[int], str] = lambda scene_id: "") -> list[tuple[int, Question]]:
-    """Keep, within each question type (and group of scenes, e.g. a split), the same number
-    of questions for every answer (as many as the rarest answer has, at most `per_scene`
-    per scene and type), so that always giving the most frequent answer is no better than
-    chance."""
+    """Keep, within each question template (and group of scenes, e.g. a split), the same
+    number of questions for every answer (as many as the rarest answer has, at most
+    `per_scene` per scene and template), so that the wording of a question says nothing
+    about its answer: a model that ignores the image is at chance."""
     by_type: dict[tuple[str, str], dict[str, list[tuple[int, Question]]]] = defaultdict(lambda: defaultdict(list))
     for scene_id, q in candidates:
-        by_type[group(scene_id), q.type][q.answer].append((scene_id, q))
+        by_type[group(scene_id), q.template][q.answer].append((scene_id, q))
     kept: list[tuple[int, Question]] = []
     for answers in by_type.values():
         pools = [answers[a] for a in sorted(answers)]
         for pool in pools:
             rng.shuffle(pool)
-        taken: Counter[int] = Counter()  # questions of this type kept per scene
+        taken: Counter[int] = Counter()  # questions of this template kept per scene
         positions = [0] * len(pools)
         while True:  # one question per answer per round, until some answer runs out
             chosen = []
@@ -224,7 +231,7 @@ def build_shapes_dataset(out: Path, scenes: int = 5000, size: int = 64, seed: in
     if not 0 < held_out_share < 1 or size < 32:
         raise DataError("held_out_share must be in (0, 1) and size at least 32 pixels")
     out = Path(out).resolve()
-    check_target(out, overwrite, "shapes dataset")
+    check_target(out, overwrite, "shapes dataset", "shapes")
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     candidates: list[tuple[int, Question]] = []
@@ -244,7 +251,7 @@ def build_shapes_dataset(out: Path, scenes: int = 5000, size: int = 64, seed: in
         _write_jsonl(tmp / "captions.jsonl", [{k: r[k] for k in ("image", "captions", "split")} for r in rows])
         _write_jsonl(tmp / "questions.jsonl", [{"image": rows[i]["image"], **asdict(q), "split": rows[i]["split"]}
                                                 for i, q in questions])
-        info = {"scenes": scenes, "size": size, "seed": seed,
+        info = {"kind": "shapes", "scenes": scenes, "size": size, "seed": seed,
                 "splits": dict(Counter(r["split"] for r in rows)),
                 "questions": {t: dict(Counter(q.answer for _, q in questions if q.type == t)) for t in QUESTION_TYPES},
                 "answers": sorted({q.answer for _, q in questions}),
