@@ -191,3 +191,28 @@ def test_ivf_centroids_follow_the_indexed_modality_across_a_modality_gap() -> No
     ours_recall = recall_at_10(ours.search(queries, 10)[1], truth)
     mixed_recall = recall_at_10(mixed.search(queries, 10)[1], truth)
     assert ours_recall > mixed_recall + 0.1, (ours_recall, mixed_recall)
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_the_int8_fast_path_returns_what_scoring_every_code_returns(vnni: bool,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    if not vnni:  # a torch without the int8 kernel takes the numpy fallback
+        monkeypatch.setattr(torch, "_int_mm", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel")))
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((3000, 48)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.integers(0, 3000, 40)] + 0.4 * rng.standard_normal((40, 48)).astype(np.float32)
+    index = ExactBackend(48, quantizer="int8")
+    ids = np.arange(3000) * 7 + 5  # ids other than positions
+    index.build(ids, vectors)
+    for k, allowed in ((1, None), (10, None), (25, ids[::2])):
+        positions = np.arange(3000) if allowed is None else (allowed - 5) // 7
+        ref_scores, ref_found = exact_top_k(queries, index.codes[positions], positions, k, index.quantizer.scores)
+        scores, found = index.search(queries, k, allowed=allowed)
+        np.testing.assert_array_equal(found, ids[ref_found])
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-6)
+    approximate = index.quantizer.approximate_scores(queries, index.codes)
+    exact = index.quantizer.scores(queries, index.codes)
+    assert np.abs(approximate - exact).max() < 0.02  # the int8 query moves scores by little

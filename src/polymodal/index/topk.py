@@ -22,8 +22,8 @@ def check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
 
 
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int,
-                score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product (or by `score(queries, block)` over stored codes), blockwise;
     ties go to the smaller id, so results are stable. Each block is cut to its own top k
     before merging, so no block-sized array is copied."""
@@ -31,9 +31,9 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: in
     nq = len(queries)
     best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     best_ids = np.full((nq, k), -1, dtype=np.int64)
-    for start in range(0, len(vectors), BLOCK_ROWS):
-        scores, found = merge_top_k(score(queries, vectors[start:start + BLOCK_ROWS]),
-                                    ids[start:start + BLOCK_ROWS], k)
+    for start in range(0, len(vectors), block_rows):
+        scores, found = merge_top_k(score(queries, vectors[start:start + block_rows]),
+                                    ids[start:start + block_rows], k)
         best_scores, best_ids = merge_top_k(np.concatenate([best_scores, scores], axis=1),
                                             np.concatenate([best_ids, found], axis=1), k)
     return best_scores, best_ids
