@@ -216,3 +216,13 @@ def test_the_int8_fast_path_returns_what_scoring_every_code_returns(vnni: bool,
     approximate = index.quantizer.approximate_scores(queries, index.codes)
     exact = index.quantizer.scores(queries, index.codes)
     assert np.abs(approximate - exact).max() < 0.02  # the int8 query moves scores by little
+
+
+@pytest.mark.parametrize("dim", [48, 50, 512])
+def test_binary_scores_are_one_minus_twice_the_hamming_share(dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    vectors, queries = rng.standard_normal((200, dim)), rng.standard_normal((3, dim))
+    quantizer = make_quantizer("binary", dim)
+    hamming = ((queries[:, None, :] > 0) != (vectors[None, :, :] > 0)).sum(axis=2)
+    np.testing.assert_allclose(quantizer.scores(queries, quantizer.encode(vectors)), 1 - 2 * hamming / dim,
+                               rtol=1e-6)

@@ -154,7 +154,13 @@ class Int8(Quantizer):
         self.scale = load_arrays(folder, "int8_scale")["int8_scale"]
 
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+def _as_words(codes: np.ndarray) -> np.ndarray:
+    """Packed bits as uint64 words (zero-padded to a multiple of 8 bytes: zeros XOR to 0)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    pad = -codes.shape[1] % 8
+    if pad:
+        codes = np.pad(codes, ((0, 0), (0, pad)))
+    return codes.view(np.uint64)
 
 
 class Binary(Quantizer):
@@ -172,9 +178,10 @@ class Binary(Quantizer):
 
     def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         query_codes = self.encode(queries)
+        words = _as_words(codes)  # XOR and popcount 8 bytes at a time (numpy's bitwise_count)
         out = np.empty((len(queries), len(codes)), dtype=np.float32)
-        for n, code in enumerate(query_codes):
-            hamming = _POPCOUNT[np.bitwise_xor(codes, code)].sum(axis=1, dtype=np.int64)
+        for n, code in enumerate(_as_words(query_codes)):
+            hamming = np.bitwise_count(np.bitwise_xor(words, code)).sum(axis=1, dtype=np.int32)
             out[n] = 1.0 - 2.0 * hamming / self.dim
         return out
 
