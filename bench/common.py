@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,22 @@ def commit() -> str:
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+THREADS = 2  # the reference machine's cores; every benchmark runs with this many threads
+
+
+def read_bandwidth_gbs(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
+    """Best-of read bandwidth (GB/s) of a parallel sum over a buffer far larger than cache."""
+    torch.set_num_threads(THREADS)
+    buffer = torch.ones(n_bytes // 4, dtype=torch.float32)
+    buffer.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return n_bytes / best / 1e9
 
 
 def write_result(name: str, results: dict[str, Any]) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import write_result
+from common import THREADS, read_bandwidth_gbs, write_result
 
 from polymodal.index.api import index
 from polymodal.index.backends import make_backend
@@ -38,22 +38,8 @@ from polymodal.index.topk import exact_top_k
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = ("flickr8k", "tiny-imagenet", "cifar10-test", "emoji", "tabler-icons")
-THREADS = 2
 EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
 TARGET_RECALL = 0.95
-
-
-def read_bandwidth_gbs(n_bytes: int = 2 << 30, repeats: int = 5) -> float:
-    """Best-of read bandwidth (GB/s) of a parallel sum over a buffer far larger than cache."""
-    torch.set_num_threads(THREADS)
-    buffer = torch.ones(n_bytes // 4, dtype=torch.float32)
-    buffer.sum()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - start)
-    return n_bytes / best / 1e9
 
 
 def per_query_ms(search: Any, queries: np.ndarray, repeats: int = 1) -> float:

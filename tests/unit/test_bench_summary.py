@@ -1,0 +1,37 @@
+"""The BENCHMARKS.md summary table: ratios against the peer and the ceiling, computed from
+result files, and a rewrite that touches only the text between its markers."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import summary  # noqa: E402 - bench/ is not a package
+
+
+def record(name: str, results: dict) -> dict:
+    return {"benchmark": name, "commit": "abc1234", "date": "2026-11-23T01:02:03+00:00", "results": results}
+
+
+def test_rows_give_ratios_against_the_peer_and_the_ceiling() -> None:
+    found = {
+        "search": record("search", {
+            "exact_1m": {"dim": 512, "int8": {"polymodal_ms": 50.0, "faiss_ms": 100.0, "floor_ms": 25.0}},
+            "hnsw_text_to_image": {"at_recall_0.95": {"polymodal": {"qps": 900.0}, "hnswlib": {"qps": 1000.0}}}}),
+        "ceilings": record("ceilings", {"fp32_gflops": 200.0, "read_bandwidth_gbs": 20.0}),
+    }
+    rows = summary.rows(found)
+    int8 = next(r for r in rows if "int8" in r[0])
+    assert int8[1:5] == ("50", "faiss 100", "2.00x", "50% of bandwidth")  # twice as fast; half the floor's speed
+    hnsw = next(r for r in rows if r[0].startswith("HNSW"))
+    assert hnsw[3] == "0.90x" and hnsw[5] == "search.json, abc1234, 2026-11-23"
+    assert any(r[0] == "ceiling: memory read bandwidth (GB/s)" and r[1] == "20" for r in rows)
+
+
+def test_the_rewrite_replaces_only_the_marked_table() -> None:
+    before = f"# Benchmarks\n\nintro\n\n{summary.BEGIN}\nold table\n{summary.END}\n\n## Later section\nkept\n"
+    after = summary.rewrite(before, "| new |")
+    assert after == f"# Benchmarks\n\nintro\n\n{summary.BEGIN}\n| new |\n{summary.END}\n\n## Later section\nkept\n"
+    appended = summary.rewrite("# Benchmarks\n", "| t |")
+    assert appended.startswith("# Benchmarks\n") and appended.endswith(f"{summary.BEGIN}\n| t |\n{summary.END}\n")
+    assert summary.rewrite(appended, "| u |").count(summary.BEGIN) == 1
