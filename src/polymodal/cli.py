@@ -292,6 +292,29 @@ def eval_weat(
               max_partitions=partitions, seed=seed)
 
 
+@eval_app.command("vqa")
+def eval_vqa(
+    model: Annotated[Path, typer.Argument(help="A VQA model directory (polymodal train with task = \"vqa\").")],
+    questions: Annotated[Path, typer.Argument(help="A questions.jsonl (polymodal data build shapes writes one).")],
+    split: Annotated[str, typer.Option(help="Only this split, e.g. test or test_heldout ('' = all).")] = "test",
+    out: OutOpt = None,
+    device: DeviceOpt = "",
+) -> None:
+    """VQA accuracy: overall, balanced over answers, and per question type (with chance)."""
+    from polymodal.data.sources import QuestionsSource
+    from polymodal.eval.report import format_value, write_report
+    from polymodal.eval.runner import default_out
+    from polymodal.eval.vqa import evaluate_vqa
+
+    evaluation = evaluate_vqa(model, QuestionsSource(file=str(questions), split=split), device=device or "cpu")
+    report = write_report(evaluation, out or default_out("vqa", model, split or questions.stem), plots=False)
+    table = Table("metric", "value", title=f"vqa: {evaluation.info['data']}")
+    for name, value in evaluation.metrics.items():
+        table.add_row(name, format_value(value), style="bold" if name == "accuracy" else "")
+    console.print(table)
+    console.print(f"report: {report}  (numbers: {report.with_name('result.json')})")
+
+
 @eval_app.command("index")
 def eval_index(
     store: Annotated[Path, typer.Argument(help="A store folder (NAME.pm).")],
@@ -369,6 +392,12 @@ def _print_training(steps: int, total: int, seconds: float, metrics: dict[str, f
 
 def _print_metrics(metrics: dict[str, float], title: str) -> None:
     if not metrics:
+        return
+    if "t2i_r1" not in metrics:  # not a retrieval model (e.g. VQA: accuracies)
+        table = Table("metric", "value", title=title)
+        for name, value in metrics.items():
+            table.add_row(name, f"{value:.1f}")
+        console.print(table)
         return
     table = Table("direction", "R@1", "R@5", "R@10", "median rank", title=title)
     for direction, label in (("t2i", "text -> image"), ("i2t", "image -> text")):

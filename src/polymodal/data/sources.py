@@ -76,7 +76,20 @@ class EmojiSource:
     split: Literal["train", "val", "test", "all"] = "train"
 
 
-SourceConfig = CaptionsSource | TarSource | ClassSource | EmojiSource
+@dataclass(frozen=True)
+class QuestionsSource:
+    """Visual questions, one JSON line each ({"image", "question", "answer", "type",
+    "split"}), as `polymodal data build shapes` writes them. A record's caption is the
+    question and its group the answer's index in the answer vocabulary: the sorted
+    answers of the whole file, so every split shares it."""
+
+    kind: ClassVar[str] = "questions"
+    file: str
+    images: str = ""  # folder the image column is relative to; "" = the file's folder
+    split: str = ""  # keep the questions of this split ("" = all)
+
+
+SourceConfig = CaptionsSource | TarSource | ClassSource | EmojiSource | QuestionsSource
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -243,8 +256,38 @@ def load_emoji(cfg: EmojiSource) -> PairSet:
     return pairs
 
 
+def load_questions(cfg: QuestionsSource) -> PairSet:
+    path = Path(cfg.file)
+    if not path.is_file():
+        raise DataError(f"{path}: no such questions file")
+    root = Path(cfg.images) if cfg.images else path.parent
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append((str(row["image"]), str(row["question"]), str(row["answer"]), str(row.get("type", "")),
+                         str(row.get("split", ""))))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path}:{number}: not a question row ({err})") from None
+    answers = sorted({answer for _, _, answer, _, _ in rows})
+    index = {answer: i for i, answer in enumerate(answers)}
+    records, dropped = [], {}
+    for image, question, answer, kind, split in rows:
+        if cfg.split and split != cfg.split:
+            continue
+        if not (root / image).is_file():
+            dropped[image] = "file not found"
+            continue
+        records.append(PairRecord(ImageRef(str(root / image)), (question,), index[answer], kind))
+    name = f"{path.name} ({cfg.split})" if cfg.split else path.name
+    return PairSet(records, name, dropped, class_names=answers)
+
+
 LOADERS: dict[type, Callable[[Any], PairSet]] = {
     CaptionsSource: load_captions, TarSource: load_tar, ClassSource: load_classes, EmojiSource: load_emoji,
+    QuestionsSource: load_questions,
 }
 
 

@@ -73,7 +73,7 @@ class LoopSection:
     eval_every: int = 0  # steps between validations; 0 = once per epoch
     checkpoint_every: int = 100  # steps between resumable checkpoints
     early_stopping_patience: int = 0  # stop after N evaluations without improvement; 0 = off
-    early_stopping_metric: str = "mean_recall"
+    early_stopping_metric: str = ""  # the validation metric that picks the model; "" = the task's own
     max_minutes: float = 0.0  # stop (cleanly) after this much training time; 0 = no limit
 
     def __post_init__(self) -> None:
@@ -86,9 +86,22 @@ class LoopSection:
             raise ConfigError("give train.steps > 0 or train.epochs > 0")
         if min(self.log_every, self.checkpoint_every) < 1 or self.eval_every < 0:
             raise ConfigError("train.log_every and train.checkpoint_every must be >= 1, train.eval_every >= 0")
-        if self.early_stopping_metric not in GREATER_IS_BETTER:
-            raise ConfigError(f"train.early_stopping_metric {self.early_stopping_metric!r} is not one of "
-                              f"{', '.join(GREATER_IS_BETTER)}")
+
+
+@dataclass(frozen=True)
+class HeadSection:
+    """The model that reads the vision tower's tokens, for tasks other than contrastive:
+    a fusion encoder (vqa) of this size and layout."""
+
+    layout: Literal["cross", "single"] = "cross"
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    context_length: int = 32
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.layers, self.heads) < 1 or self.width % self.heads or self.context_length < 3:
+            raise ConfigError("head: width, layers, heads >= 1, width divisible by heads, context_length >= 3")
 
 
 @dataclass(frozen=True)
@@ -96,12 +109,27 @@ class TrainConfig:
     output: str  # the run folder: checkpoint, metrics.jsonl, the final model
     data: SourceConfig
     val: SourceConfig | None = None
+    # contrastive: a dual encoder (CLIP); vqa: a fusion model answering questions about images
+    task: Literal["contrastive", "vqa"] = "contrastive"
     model: ModelSection = ModelSection()
+    head: HeadSection = HeadSection()
     loss: LossSection = LossSection()
     optim: OptimSection = OptimSection()
     train: LoopSection = LoopSection()
     augment: AugmentConfig = AugmentConfig()
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        metric = self.train.early_stopping_metric
+        if self.task == "contrastive" and metric and metric not in GREATER_IS_BETTER:
+            raise ConfigError(f"train.early_stopping_metric {metric!r} is not one of {', '.join(GREATER_IS_BETTER)}")
+        if self.task == "vqa" and metric and metric not in VQA_METRICS:
+            raise ConfigError(f"train.early_stopping_metric {metric!r}: a vqa run reports {', '.join(VQA_METRICS)}")
+        if self.task == "vqa" and self.model.lock_text:
+            raise ConfigError("model.lock_text is for contrastive runs: a vqa model has no separate text tower")
+
+
+VQA_METRICS = ("accuracy", "balanced_accuracy")
 
 
 # Settings that may change between a run and its resumption.

@@ -32,25 +32,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from polymodal.config import HFTextConfig, to_dict
+from polymodal.config import to_dict
 from polymodal.data.loader import Batch, PairDataset, ResumableBatchSampler, collate
 from polymodal.data.records import PairSet
 from polymodal.data.sources import load_source
 from polymodal.errors import ConfigError, PolymodalError
-from polymodal.eval.embed import embed_pair_set
-from polymodal.eval.retrieval import oriented, retrieval_metrics
-from polymodal.factory import create_model, get_tokenizer, get_transforms, load_model, save_model
-from polymodal.inference import TextFeatureCache, resolve_precision
-from polymodal.losses import ImageTextLoss
-from polymodal.models.dual_encoder import DualEncoder
-from polymodal.registry import get_preset
-from polymodal.tokenizer import Tokenizer, pretrained_tokenizer, train_bpe
+from polymodal.eval.retrieval import GREATER_IS_BETTER, oriented
+from polymodal.factory import get_transforms
+from polymodal.inference import resolve_precision
 from polymodal.train import distributed as dist_utils
 from polymodal.train.config import RESUMABLE_CHANGES, TrainConfig
+from polymodal.train.objectives import Objective, build_objective
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.state import load_state, rng_state, save_state, set_rng_state
-from polymodal.train.step import backward_step
-from polymodal.train.task import ContrastiveTask, build_loss
 
 
 @dataclass
@@ -85,20 +79,20 @@ class _Run:
     """Everything built for one run (or resumption)."""
 
     info: dist_utils.DistInfo
-    model: DualEncoder
-    tokenizer: Tokenizer
+    objective: Objective
     train_pairs: PairSet
     val_pairs: PairSet | None
-    val_cache: TextFeatureCache | None
     dtype: torch.dtype | None
-    task: ContrastiveTask
-    loss_fn: ImageTextLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     total: int
     steps_per_epoch: int
     progress: _Progress
     resumed_from: int
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.objective.model
 
 
 class Trainer:
@@ -135,18 +129,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         train_pairs = load_source(cfg.data)
         val_pairs = load_source(cfg.val) if cfg.val is not None else None
-        model, tokenizer = self._build_model(train_pairs, info, resuming=state is not None)
         dtype = resolve_precision(cfg.train.precision, info.device)
-        text_cache = val_cache = None
-        if cfg.model.lock_text and cfg.model.text_unlocked_groups == 0:
-            with self._status(info, "caching the frozen text tower's features"):
-                text_cache = TextFeatureCache(model.text, tokenizer, train_pairs.captions(), dtype=dtype)
-                if val_pairs is not None:
-                    val_cache = TextFeatureCache(model.text, tokenizer, val_pairs.captions(), dtype=dtype)
-        loss_fn = build_loss(cfg.loss)
-        if loss_fn.needs_bias and model.logit_bias is None:
-            raise ConfigError(f"loss {cfg.loss.kind!r} needs a model with a logit bias: set "
-                              "init_logit_bias (e.g. -10) in the model config")
+        objective = build_objective(cfg, train_pairs, val_pairs, info, self.run_dir, state is not None, dtype,
+                                    lambda message: self._status(info, message))
+        model = objective.model
         optimizer = build_optimizer(model, cfg.optim)
         steps_per_epoch = len(train_pairs) // cfg.train.batch_size
         total = cfg.train.steps or math.ceil(cfg.train.epochs * max(1, steps_per_epoch))
@@ -161,41 +147,8 @@ class Trainer:
             if info.is_main:
                 self._truncate_metrics(progress.step)
         dist_utils.broadcast_parameters(model, info)
-        task = ContrastiveTask(model, tokenizer, train_pairs.captions(), text_cache)
-        return _Run(info, model, tokenizer, train_pairs, val_pairs, val_cache, dtype, task, loss_fn, optimizer,
-                    scheduler, total, steps_per_epoch, progress, progress.step)
-
-    def _build_model(self, train_pairs: PairSet, info: dist_utils.DistInfo, resuming: bool
-                     ) -> tuple[DualEncoder, Tokenizer]:
-        cfg = self.config.model
-        if cfg.init:
-            model, tokenizer = load_model(cfg.init, device=info.device), get_tokenizer(cfg.init)
-        else:
-            model = create_model(get_preset(cfg.preset), device=info.device)
-            tokenizer = self._tokenizer(model, train_pairs, info, resuming)
-        if cfg.lock_text:
-            model.lock_text_tower(cfg.text_unlocked_groups)
-        if cfg.lock_image:
-            model.lock_image_tower(cfg.image_unlocked_groups)
-        if cfg.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        return model, tokenizer
-
-    def _tokenizer(self, model: DualEncoder, train_pairs: PairSet, info: dist_utils.DistInfo,
-                   resuming: bool) -> Tokenizer:
-        config = model.config
-        if isinstance(config.text, HFTextConfig):
-            return pretrained_tokenizer(config)
-        saved = self.run_dir / "tokenizer.json"
-        if resuming:  # the very tokenizer the run started with
-            return Tokenizer.from_file(saved, config.text.context_length, config.tokenizer)
-        # Every rank trains the same tokenizer (training is deterministic); only rank 0 writes it.
-        backend = train_bpe(train_pairs.captions(), config.text.vocab_size,
-                            self.config.model.tokenizer_min_frequency)
-        tokenizer = Tokenizer(backend, config.text.context_length, config.tokenizer)
-        if info.is_main:
-            tokenizer.save(saved)
-        return tokenizer
+        return _Run(info, objective, train_pairs, val_pairs, dtype, optimizer, scheduler, total, steps_per_epoch,
+                    progress, progress.step)
 
     def _remove_outputs(self) -> None:
         for name in ("metrics.jsonl", "summary.json", "tokenizer.json"):
@@ -218,7 +171,7 @@ class Trainer:
         sampler = ResumableBatchSampler(len(run.train_pairs), cfg.train.batch_size, run.total, cfg.seed,
                                         progress.step, info.rank, info.world_size)
         workers = cfg.train.num_workers
-        loader = DataLoader(PairDataset(run.train_pairs.records, get_transforms(model.config, cfg.augment),
+        loader = DataLoader(PairDataset(run.train_pairs.records, get_transforms(run.objective.preprocess, cfg.augment),
                                         cfg.seed),
                             batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                             persistent_workers=workers > 0, worker_init_fn=_worker_init,
@@ -232,14 +185,13 @@ class Trainer:
             for batch in _unwrapped(loader):
                 model.train()
                 run.optimizer.zero_grad(set_to_none=True)
-                loss = backward_step(run.task, run.loss_fn, batch, cfg.train.accum_steps, run.dtype)
+                loss = run.objective.backward(batch, cfg.train.accum_steps, run.dtype)
                 dist_utils.average_gradients(params, info)
                 grad_norm = _clip(params, cfg.optim.grad_clip)
                 lr = run.scheduler.get_last_lr()[0]  # the rate this step used
                 run.optimizer.step()
                 run.scheduler.step()
-                with torch.no_grad():  # CLIP clamps the learned temperature at 100
-                    model.logit_scale.clamp_(0, model.config.max_logit_scale)
+                run.objective.after_step()
                 step += 1
                 now = time.perf_counter()
                 progress.seconds += now - last_tick
@@ -250,7 +202,7 @@ class Trainer:
                 bar.update(bar_task, advance=1, loss=f"{loss:.3f}", rate=f"{rate:.0f}")
                 if step % cfg.train.log_every == 0 or step == run.total:
                     self._log(info, {"step": step, "epoch": round(step / max(1, run.steps_per_epoch), 3),
-                                     "loss": loss, "lr": lr, "logit_scale": float(model.logit_scale.detach().exp()),
+                                     "loss": loss, "lr": lr, **run.objective.log_fields(),
                                      "grad_norm": grad_norm, "samples_per_s": rate, "seconds": progress.seconds})
                     window_start, window_samples = now, 0
                 if run.val_pairs is not None and (step % eval_every == 0 or step == run.total):
@@ -289,7 +241,8 @@ class Trainer:
         cfg, progress = self.config.train, run.progress
         metrics = self._validation_metrics(run)
         self._log(run.info, {"step": step, "eval": metrics})
-        score = oriented(cfg.early_stopping_metric, metrics[cfg.early_stopping_metric])
+        name = cfg.early_stopping_metric or run.objective.primary_metric
+        score = oriented(name, metrics[name]) if name in GREATER_IS_BETTER else metrics[name]
         if score > progress.best:
             progress.best, progress.best_step, progress.bad_evals = score, step, 0
             self._save_model(run, step, metrics)
@@ -299,17 +252,13 @@ class Trainer:
 
     def _validation_metrics(self, run: _Run) -> dict[str, float]:
         assert run.val_pairs is not None
-        embedded = embed_pair_set(run.model, run.tokenizer, run.val_pairs, get_transforms(run.model.config),
-                                  dtype=run.dtype, text_cache=run.val_cache)
-        return retrieval_metrics(embedded.image_embeds, embedded.text_embeds, embedded.image_groups,
-                                 embedded.text_groups)
+        return run.objective.validate(run.val_pairs, run.dtype)
 
     def _save_model(self, run: _Run, step: int, metrics: dict[str, float]) -> str:
         cfg = self.config
         training = {"data": run.train_pairs.name, "pairs": len(run.train_pairs), "steps": step,
-                    "samples_seen": step * cfg.train.batch_size, "loss": cfg.loss.kind, "config": to_dict(cfg)}
-        return save_model(run.model, run.tokenizer, self.run_dir / "model", training=training, metrics=metrics,
-                          source=f"polymodal train ({cfg.output})", overwrite=True)
+                    "samples_seen": step * cfg.train.batch_size, "task": cfg.task, "config": to_dict(cfg)}
+        return run.objective.save(self.run_dir / "model", training, metrics, f"polymodal train ({cfg.output})")
 
     def _finish(self, run: _Run) -> TrainResult:
         model_dir, progress = self.run_dir / "model", run.progress
