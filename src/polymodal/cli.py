@@ -315,6 +315,29 @@ def eval_vqa(
     console.print(f"report: {report}  (numbers: {report.with_name('result.json')})")
 
 
+@eval_app.command("caption")
+def eval_caption(
+    model: Annotated[Path, typer.Argument(help="A captioning model directory (task = \"caption\").")],
+    data: DataArg,
+    beam: Annotated[int, typer.Option(min=1, max=64, help="Beam width (1: greedy).")] = 1,
+    length_penalty: Annotated[float, typer.Option(min=0.0, help="Beam search length penalty.")] = 0.6,
+    out: OutOpt = None,
+    device: DeviceOpt = "",
+) -> None:
+    """Caption every image of DATA and score the captions: BLEU-1..4 and CIDEr-D."""
+    from polymodal.eval.captioning import evaluate_captioner
+    from polymodal.eval.report import format_value, write_report
+    from polymodal.eval.runner import default_out
+
+    evaluation = evaluate_captioner(model, data, beam, length_penalty, device=device or "cpu")
+    report = write_report(evaluation, out or default_out("caption", model, data), plots=False)
+    table = Table("metric", "value", title=f"caption: {evaluation.info['data']}")
+    for name, value in evaluation.metrics.items():
+        table.add_row(name, format_value(value), style="bold" if name == "cider" else "")
+    console.print(table)
+    console.print(f"report: {report}  (numbers: {report.with_name('result.json')})")
+
+
 @eval_app.command("index")
 def eval_index(
     store: Annotated[Path, typer.Argument(help="A store folder (NAME.pm).")],

@@ -91,17 +91,21 @@ class LoopSection:
 @dataclass(frozen=True)
 class HeadSection:
     """The model that reads the vision tower's tokens, for tasks other than contrastive:
-    a fusion encoder (vqa) of this size and layout."""
+    a fusion encoder (vqa) or a caption decoder (caption) of this size; its word-level
+    vocabulary keeps the words seen at least `min_word_count` times in training."""
 
-    layout: Literal["cross", "single"] = "cross"
+    layout: Literal["cross", "single"] = "cross"  # vqa
     width: int = 256
     layers: int = 4
     heads: int = 4
     context_length: int = 32
+    min_word_count: int = 1
 
     def __post_init__(self) -> None:
-        if min(self.width, self.layers, self.heads) < 1 or self.width % self.heads or self.context_length < 3:
-            raise ConfigError("head: width, layers, heads >= 1, width divisible by heads, context_length >= 3")
+        if min(self.width, self.layers, self.heads, self.min_word_count) < 1 or self.width % self.heads \
+                or self.context_length < 3:
+            raise ConfigError("head: width, layers, heads, min_word_count >= 1, width divisible by heads, "
+                              "context_length >= 3")
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,9 @@ class TrainConfig:
     output: str  # the run folder: checkpoint, metrics.jsonl, the final model
     data: SourceConfig
     val: SourceConfig | None = None
-    # contrastive: a dual encoder (CLIP); vqa: a fusion model answering questions about images
-    task: Literal["contrastive", "vqa"] = "contrastive"
+    # contrastive: a dual encoder (CLIP); vqa: a fusion model answering questions about images;
+    # caption: an image-conditioned decoder writing captions
+    task: Literal["contrastive", "vqa", "caption"] = "contrastive"
     model: ModelSection = ModelSection()
     head: HeadSection = HeadSection()
     loss: LossSection = LossSection()
@@ -125,11 +130,16 @@ class TrainConfig:
             raise ConfigError(f"train.early_stopping_metric {metric!r} is not one of {', '.join(GREATER_IS_BETTER)}")
         if self.task == "vqa" and metric and metric not in VQA_METRICS:
             raise ConfigError(f"train.early_stopping_metric {metric!r}: a vqa run reports {', '.join(VQA_METRICS)}")
-        if self.task == "vqa" and self.model.lock_text:
-            raise ConfigError("model.lock_text is for contrastive runs: a vqa model has no separate text tower")
+        if self.task == "caption" and metric and metric not in CAPTION_METRICS:
+            raise ConfigError(f"train.early_stopping_metric {metric!r}: a caption run reports "
+                              f"{', '.join(CAPTION_METRICS)}")
+        if self.task != "contrastive" and self.model.lock_text:
+            raise ConfigError(f"model.lock_text is for contrastive runs: a {self.task} model has no separate "
+                              "text tower")
 
 
 VQA_METRICS = ("accuracy", "balanced_accuracy")
+CAPTION_METRICS = ("cider", "bleu1", "bleu2", "bleu3", "bleu4")
 
 
 # Settings that may change between a run and its resumption.

@@ -39,6 +39,7 @@ from polymodal.factory import create_model, get_tokenizer, get_transforms, load_
 from polymodal.inference import TextFeatureCache, autocast, model_device
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.models.fusion import FusionModel
+from polymodal.models.tower import Tower
 from polymodal.registry import get_preset
 from polymodal.tokenizer import Tokenizer, pretrained_tokenizer, train_bpe, train_wordlevel
 from polymodal.train import distributed as dist_utils
@@ -163,14 +164,11 @@ class VQAObjective(Objective):
             raise ConfigError("task 'vqa' needs a questions source: data.kind = \"questions\"")
         if val_pairs is not None and val_pairs.class_names != train_pairs.class_names:
             raise ConfigError("the validation questions have another answer vocabulary than the training ones")
-        dual = load_model(cfg.model.init, device="cpu") if cfg.model.init else None
-        preset = dual.config if dual is not None else get_preset(cfg.model.preset)
+        dual, preset = _vision_source(cfg)
         vision = preset.vision
-        if not isinstance(vision, ViTConfig):
-            raise ConfigError("task 'vqa' needs a ViT vision tower: the fusion layers read its patch tokens")
         head = cfg.head
         self.tokenizer = run_tokenizer(run_dir, info, resuming, head.context_length, TokenizerConfig(),
-                                       lambda: train_wordlevel(train_pairs.captions()))
+                                       lambda: train_wordlevel(train_pairs.captions(), head.min_word_count))
         fusion = FusionConfig(kind=head.layout, vocab_size=self.tokenizer.vocab_size,
                               context_length=head.context_length,
                               image_tokens=vision.grid_size ** 2 + (vision.pool == "cls"),
@@ -180,14 +178,8 @@ class VQAObjective(Objective):
         config = FusionModelConfig(vision=vision, fusion=fusion, preprocess=preset.preprocess,
                                    answers=tuple(train_pairs.class_names))
         model = build_fusion_model(config)
-        if dual is not None:  # start from the dual encoder's trained vision tower (its projection head differs)
-            state = {k: v for k, v in dual.visual.state_dict().items() if not k.startswith("head.")}
-            missing, unexpected = model.vision.load_state_dict(state, strict=False)
-            if unexpected or any(not k.startswith("head.") for k in missing):
-                raise ConfigError(f"model.init {cfg.model.init}: its vision tower does not fit ({missing}, "
-                                  f"{unexpected})")
-            if cfg.model.lock_image:
-                model.vision.lock(cfg.model.image_unlocked_groups)
+        if dual is not None:
+            _copy_vision(dual, model.vision, cfg)
         self.model: FusionModel = model.to(info.device)
         self.preprocess = preset.preprocess
         self.questions = train_pairs.captions()
@@ -216,6 +208,75 @@ class VQAObjective(Objective):
                                overwrite=True)
 
 
+# --------------------------------------------------------------------------- caption
+
+
+class CaptionObjective(Objective):
+    primary_metric = "cider"
+
+    def __init__(self, cfg: TrainConfig, train_pairs: PairSet, info: dist_utils.DistInfo, run_dir: Path,
+                 resuming: bool) -> None:
+        from polymodal.config import CaptionerConfig
+        from polymodal.models.captioner import Captioner
+
+        dual, preset = _vision_source(cfg)
+        head = cfg.head
+        self.tokenizer = run_tokenizer(run_dir, info, resuming, head.context_length, TokenizerConfig(),
+                                       lambda: train_wordlevel(train_pairs.captions(), head.min_word_count))
+        config = CaptionerConfig(vision=preset.vision, vocab_size=self.tokenizer.vocab_size,
+                                 context_length=head.context_length,
+                                 transformer=TransformerConfig(width=head.width, layers=head.layers, heads=head.heads),
+                                 preprocess=preset.preprocess)
+        model = Captioner(config)
+        if dual is not None:
+            _copy_vision(dual, model.vision, cfg)
+        self.model: Captioner = model.to(info.device)
+        self.preprocess = preset.preprocess
+        self.captions = train_pairs.captions()
+
+    def backward(self, batch: Batch, chunks: int, dtype: torch.dtype | None) -> float:
+        device = model_device(self.model)
+        tokens = self.tokenizer([self.captions[i] for i in batch.caption_ids.tolist()]).to(device)
+        with autocast(device, dtype):
+            loss = self.model(batch.pixels.to(device), tokens.input_ids, tokens.attention_mask)
+        loss.backward()
+        return float(loss.item())
+
+    def validate(self, val_pairs: PairSet, dtype: torch.dtype | None) -> dict[str, float]:
+        from polymodal.eval.caption_metrics import caption_scores
+        from polymodal.eval.captioning import caption_records
+
+        written = caption_records(self.model, self.tokenizer, self.preprocess, val_pairs.records, dtype=dtype)
+        return {k: 100 * v if k.startswith("bleu") else v
+                for k, v in caption_scores(written, [list(r.captions) for r in val_pairs.records]).items()}
+
+    def save(self, path: Path, training: dict[str, Any], metrics: dict[str, float], source: str) -> str:
+        from polymodal.task_models import save_task_model
+
+        return save_task_model(self.model, self.tokenizer, path, training=training, metrics=metrics, source=source,
+                               overwrite=True)
+
+
+def _vision_source(cfg: TrainConfig) -> tuple[DualEncoder | None, Any]:
+    """(the dual encoder of model.init or None, the config whose vision tower and
+    preprocessing the new model takes: that dual encoder's, else the preset's)."""
+    dual = load_model(cfg.model.init, device="cpu") if cfg.model.init else None
+    preset = dual.config if dual is not None else get_preset(cfg.model.preset)
+    if not isinstance(preset.vision, ViTConfig):
+        raise ConfigError(f"task {cfg.task!r} needs a ViT vision tower: its patch tokens are what the new layers read")
+    return dual, preset
+
+
+def _copy_vision(dual: DualEncoder, vision: Tower, cfg: TrainConfig) -> None:
+    """Start from the dual encoder's trained vision tower (its projection head differs)."""
+    state = {k: v for k, v in dual.visual.state_dict().items() if not k.startswith("head.")}
+    missing, unexpected = vision.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise ConfigError(f"model.init {cfg.model.init}: its vision tower does not fit ({missing}, {unexpected})")
+    if cfg.model.lock_image:
+        vision.lock(cfg.model.image_unlocked_groups)
+
+
 # --------------------------------------------------------------------------- shared
 
 
@@ -236,4 +297,6 @@ def build_objective(cfg: TrainConfig, train_pairs: PairSet, val_pairs: PairSet |
                     run_dir: Path, resuming: bool, dtype: torch.dtype | None, status: Status) -> Objective:
     if cfg.task == "vqa":
         return VQAObjective(cfg, train_pairs, val_pairs, info, run_dir, resuming)
+    if cfg.task == "caption":
+        return CaptionObjective(cfg, train_pairs, info, run_dir, resuming)
     return ContrastiveObjective(cfg, train_pairs, val_pairs, info, run_dir, resuming, dtype, status)
