@@ -173,8 +173,14 @@ def write_train_config(path: Path, data_dir: Path, output: Path, **sections: dic
     }
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values}
-    lines = [f'output = "{output}"']
-    for name, values in config.items():
+    return write_toml(path, {"output": str(output)}, config)
+
+
+def write_toml(path: Path, top: dict, sections: dict[str, dict]) -> Path:
+    """A TOML file of top-level keys and [sections]; values written as JSON literals
+    (which TOML reads the same for strings, numbers, booleans and arrays)."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")

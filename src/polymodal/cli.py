@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from polymodal import __version__
 from polymodal.cli_fusion import ask, caption, explain
 from polymodal.cli_index import dedup, index_app, search, serve
 from polymodal.errors import PolymodalError
+
+if TYPE_CHECKING:
+    from polymodal.eval.report import Evaluation
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Train, evaluate, index and serve image-text embedding models.")
@@ -199,7 +202,6 @@ def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: in
               plots: bool, device: str, **settings: object) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from polymodal.eval.report import format_value
     from polymodal.eval.runner import EvalOptions, run_eval
     if precision not in ("auto", "fp32", "bf16"):
         raise PolymodalError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
@@ -211,10 +213,16 @@ def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: in
         evaluation, report = run_eval(task, model, data, out, options,
                                       progress=lambda done, total: bar.update(job, completed=done, total=total),
                                       **settings)
-    table = Table("metric", "value", title=f"{task}: {evaluation.info.get('data', data)}")
+    _print_evaluation(evaluation, report, data)
+
+
+def _print_evaluation(evaluation: Evaluation, report: Path, data: str) -> None:
+    """The metrics table (primary metric in bold), skipped items, and where the report is."""
+    from polymodal.eval.report import format_value
+
+    table = Table("metric", "value", title=f"{evaluation.task}: {evaluation.info.get('data', data)}")
     for name, value in evaluation.metrics.items():
-        style = "bold" if name == evaluation.primary_metric else ""
-        table.add_row(name, format_value(value), style=style)
+        table.add_row(name, format_value(value), style="bold" if name == evaluation.primary_metric else "")
     console.print(table)
     if evaluation.skipped:
         console.print(f"[yellow]{len(evaluation.skipped)} items skipped (listed in the report)[/yellow]")
@@ -302,17 +310,13 @@ def eval_vqa(
 ) -> None:
     """VQA accuracy: overall, balanced over answers, and per question type (with chance)."""
     from polymodal.data.sources import QuestionsSource
-    from polymodal.eval.report import format_value, write_report
+    from polymodal.eval.report import write_report
     from polymodal.eval.runner import default_out
     from polymodal.eval.vqa import evaluate_vqa
 
     evaluation = evaluate_vqa(model, QuestionsSource(file=str(questions), split=split), device=device or "cpu")
     report = write_report(evaluation, out or default_out("vqa", model, split or questions.stem), plots=False)
-    table = Table("metric", "value", title=f"vqa: {evaluation.info['data']}")
-    for name, value in evaluation.metrics.items():
-        table.add_row(name, format_value(value), style="bold" if name == "accuracy" else "")
-    console.print(table)
-    console.print(f"report: {report}  (numbers: {report.with_name('result.json')})")
+    _print_evaluation(evaluation, report, str(questions))
 
 
 @eval_app.command("caption")
@@ -326,16 +330,12 @@ def eval_caption(
 ) -> None:
     """Caption every image of DATA and score the captions: BLEU-1..4 and CIDEr-D."""
     from polymodal.eval.captioning import evaluate_captioner
-    from polymodal.eval.report import format_value, write_report
+    from polymodal.eval.report import write_report
     from polymodal.eval.runner import default_out
 
     evaluation = evaluate_captioner(model, data, beam, length_penalty, device=device or "cpu")
     report = write_report(evaluation, out or default_out("caption", model, data), plots=False)
-    table = Table("metric", "value", title=f"caption: {evaluation.info['data']}")
-    for name, value in evaluation.metrics.items():
-        table.add_row(name, format_value(value), style="bold" if name == "cider" else "")
-    console.print(table)
-    console.print(f"report: {report}  (numbers: {report.with_name('result.json')})")
+    _print_evaluation(evaluation, report, data)
 
 
 @eval_app.command("index")

@@ -12,7 +12,7 @@ from polymodal.cli import app
 from polymodal.errors import ConfigError
 from polymodal.train.config import load_train_config
 from polymodal.train.loop import train
-from tests.helpers import TINY_MODEL, make_shapes_dataset
+from tests.helpers import TINY_MODEL, make_shapes_dataset, write_toml
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +24,14 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(root: Path, output: Path, **train: object) -> Path:
-    captions = root / "data" / "captions.jsonl"
-    loop = {"batch_size": 16, "steps": 120, "num_workers": 0, "log_every": 10, "eval_every": 60, **train}
-    source = ['kind = "captions"', f'file = "{captions}"', 'caption_columns = ["captions"]']
-    lines = [f'output = "{output}"', 'task = "caption"', "[data]", *source, "[val]", *source,
-             "[model]", f'preset = "{root / "tiny-model.json"}"',
-             "[head]", "width = 32", "layers = 2", "heads = 4", "context_length = 8",
-             "[optim]", "lr = 3e-3", "warmup_steps = 10",
-             "[augment]", "scale = [1.0, 1.0]",
-             "[train]", *(f"{k} = {json.dumps(v)}" for k, v in loop.items())]
-    path = output.parent / f"{output.name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    source = {"kind": "captions", "file": str(root / "data" / "captions.jsonl"), "caption_columns": ["captions"]}
+    return write_toml(output.parent / f"{output.name}.toml", {"output": str(output), "task": "caption"}, {
+        "data": source, "val": source,
+        "model": {"preset": str(root / "tiny-model.json")},
+        "head": {"width": 32, "layers": 2, "heads": 4, "context_length": 8},
+        "optim": {"lr": 3e-3, "warmup_steps": 10},
+        "augment": {"scale": [1.0, 1.0]},
+        "train": {"batch_size": 16, "steps": 120, "num_workers": 0, "log_every": 10, "eval_every": 60, **train}})
 
 
 def test_a_caption_run_learns_and_its_model_captions_and_is_scored(shapes: Path, tmp_path: Path) -> None:

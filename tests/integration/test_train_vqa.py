@@ -22,7 +22,7 @@ from polymodal.errors import ConfigError
 from polymodal.task_models import load_fusion_model
 from polymodal.train.config import load_train_config
 from polymodal.train.loop import train
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, write_toml
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
@@ -36,19 +36,15 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(root: Path, output: Path, steps: int = 40, **train: object) -> Path:
-    questions = root / "shapes" / "questions.jsonl"
-    loop = {"batch_size": 16, "steps": steps, "num_workers": 0, "log_every": 5, "eval_every": 20,
-            "checkpoint_every": 10, **train}
-    lines = [f'output = "{output}"', 'task = "vqa"',
-             "[data]", 'kind = "questions"', f'file = "{questions}"', 'split = "train"',
-             "[val]", 'kind = "questions"', f'file = "{questions}"', 'split = "val"',
-             "[model]", f'preset = "{root / "tiny-model.json"}"',
-             "[head]", "width = 32", "layers = 2", "heads = 4", "context_length = 16",
-             "[optim]", "lr = 3e-3", "warmup_steps = 5",
-             "[train]", *(f"{k} = {json.dumps(v)}" for k, v in loop.items())]
-    path = output.parent / f"{output.name}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    questions = str(root / "shapes" / "questions.jsonl")
+    return write_toml(output.parent / f"{output.name}.toml", {"output": str(output), "task": "vqa"}, {
+        "data": {"kind": "questions", "file": questions, "split": "train"},
+        "val": {"kind": "questions", "file": questions, "split": "val"},
+        "model": {"preset": str(root / "tiny-model.json")},
+        "head": {"width": 32, "layers": 2, "heads": 4, "context_length": 16},
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "train": {"batch_size": 16, "steps": steps, "num_workers": 0, "log_every": 5, "eval_every": 20,
+                  "checkpoint_every": 10, **train}})
 
 
 def test_a_vqa_run_learns_reports_per_type_and_writes_a_model_ask_uses(shapes: Path, tmp_path: Path) -> None:

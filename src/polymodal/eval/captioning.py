@@ -16,8 +16,8 @@ from polymodal.config import PreprocessConfig
 from polymodal.data.records import PairRecord
 from polymodal.errors import DataError
 from polymodal.eval.caption_metrics import caption_scores
+from polymodal.eval.embed import pixel_batches
 from polymodal.eval.report import Evaluation
-from polymodal.factory import get_transforms
 from polymodal.inference import autocast, model_device
 from polymodal.models.captioner import Captioner
 from polymodal.tokenizer import Tokenizer
@@ -33,11 +33,8 @@ def caption_records(model: Captioner, tokenizer: Tokenizer, preprocess: Preproce
     was_training = model.training
     model.eval()
     device = model_device(model)
-    transform = get_transforms(preprocess)
     out: list[str] = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        pixels = torch.stack([transform(r.image.load()) for r in chunk]).to(device)
+    for _, pixels in pixel_batches(records, preprocess, batch_size, device):
         with autocast(device, dtype):
             ids = model.generate(pixels, beam_size=beam_size, length_penalty=length_penalty)
         out += [tokenizer.decode(row) for row in ids]

@@ -3,14 +3,15 @@ ones are skipped and reported, never replaced), every caption of those images.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from polymodal.data.records import ImageRef, PairSet
+from polymodal.config import PreprocessConfig
+from polymodal.data.records import ImageRef, PairRecord, PairSet
 from polymodal.errors import DataError, ImageDecodeError
 from polymodal.inference import TextFeatureCache, autocast, embed_texts, model_device
 from polymodal.models.dual_encoder import DualEncoder
@@ -44,6 +45,16 @@ class ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
             return i, self.transform(self.refs[i].load(self.max_pixels)), ""
         except ImageDecodeError as err:
             return i, None, str(err)
+
+
+def pixel_batches(records: Sequence[PairRecord], preprocess: PreprocessConfig, batch_size: int,
+                  device: torch.device | str) -> Iterator[tuple[Sequence[PairRecord], torch.Tensor]]:
+    """(records, their images as one tensor on `device`), `batch_size` records at a time, in
+    order: what the VQA and caption evaluations feed their models."""
+    transform = ImageTransform(preprocess)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        yield chunk, torch.stack([transform(r.image.load()) for r in chunk]).to(device)
 
 
 def keep_items(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:

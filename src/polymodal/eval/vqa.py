@@ -16,8 +16,8 @@ from polymodal.config import PreprocessConfig
 from polymodal.data.records import PairRecord
 from polymodal.data.sources import QuestionsSource, load_source
 from polymodal.errors import DataError
+from polymodal.eval.embed import pixel_batches
 from polymodal.eval.report import Evaluation
-from polymodal.factory import get_transforms
 from polymodal.inference import autocast, model_device
 from polymodal.models.fusion import FusionModel
 from polymodal.task_models import load_fusion_model
@@ -47,11 +47,8 @@ def predict_answers(model: FusionModel, tokenizer: Tokenizer, preprocess: Prepro
     was_training = model.training
     model.eval()
     device = model_device(model)
-    transform = get_transforms(preprocess)
     predicted = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        pixels = torch.stack([transform(r.image.load()) for r in chunk]).to(device)
+    for chunk, pixels in pixel_batches(records, preprocess, batch_size, device):
         tokens = tokenizer([r.captions[0] for r in chunk]).to(device)
         with autocast(device, dtype):
             logits = model.answer_logits(tokens.input_ids, tokens.attention_mask, model.image_tokens(pixels))

@@ -37,11 +37,12 @@ from polymodal.eval.embed import embed_pair_set
 from polymodal.eval.retrieval import PRIMARY_METRIC, retrieval_metrics
 from polymodal.factory import create_model, get_tokenizer, get_transforms, load_model, save_model
 from polymodal.inference import TextFeatureCache, autocast, model_device
+from polymodal.models.captioner import Captioner
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.models.fusion import FusionModel
 from polymodal.models.tower import Tower
 from polymodal.registry import get_preset
-from polymodal.tokenizer import Tokenizer, pretrained_tokenizer, train_bpe, train_wordlevel
+from polymodal.tokenizer import TokenBatch, Tokenizer, pretrained_tokenizer, train_bpe, train_wordlevel
 from polymodal.train import distributed as dist_utils
 from polymodal.train.config import TrainConfig
 from polymodal.train.step import backward_step
@@ -150,10 +151,40 @@ class ContrastiveObjective(Objective):
                           metrics=metrics, source=source, overwrite=True)
 
 
+# --------------------------------------------------------------------------- models that read the tower's tokens
+
+
+class _ReaderObjective(Objective):
+    """Shared by vqa and caption: a word-level tokenizer over the training texts (questions
+    or captions), a batch's texts looked up by caption id, and a model directory written by
+    task_models."""
+
+    model: FusionModel | Captioner
+    texts: list[str]
+
+    def backward(self, batch: Batch, chunks: int, dtype: torch.dtype | None) -> float:
+        device = model_device(self.model)
+        tokens = self.tokenizer([self.texts[i] for i in batch.caption_ids.tolist()]).to(device)
+        with autocast(device, dtype):
+            loss = self._loss(batch.pixels.to(device), tokens, batch.groups.to(device))
+        loss.backward()
+        return float(loss.item())
+
+    @abstractmethod
+    def _loss(self, pixels: torch.Tensor, tokens: TokenBatch, groups: torch.Tensor) -> torch.Tensor:
+        """The batch's loss (groups: the answer of each question, for vqa)."""
+
+    def save(self, path: Path, training: dict[str, Any], metrics: dict[str, float], source: str) -> str:
+        from polymodal.task_models import save_task_model
+
+        return save_task_model(self.model, self.tokenizer, path, training=training, metrics=metrics, source=source,
+                               overwrite=True)
+
+
 # --------------------------------------------------------------------------- vqa
 
 
-class VQAObjective(Objective):
+class VQAObjective(_ReaderObjective):
     primary_metric = "accuracy"
 
     def __init__(self, cfg: TrainConfig, train_pairs: PairSet, val_pairs: PairSet | None,
@@ -182,17 +213,12 @@ class VQAObjective(Objective):
             _copy_vision(dual, model.vision, cfg)
         self.model: FusionModel = model.to(info.device)
         self.preprocess = preset.preprocess
-        self.questions = train_pairs.captions()
+        self.texts = train_pairs.captions()  # the questions
 
-    def backward(self, batch: Batch, chunks: int, dtype: torch.dtype | None) -> float:
+    def _loss(self, pixels: torch.Tensor, tokens: TokenBatch, groups: torch.Tensor) -> torch.Tensor:
         from polymodal.train.fusion_task import vqa_loss
 
-        device = model_device(self.model)
-        tokens = self.tokenizer([self.questions[i] for i in batch.caption_ids.tolist()]).to(device)
-        with autocast(device, dtype):
-            loss = vqa_loss(self.model, batch.pixels.to(device), tokens, batch.groups.to(device))
-        loss.backward()
-        return float(loss.item())
+        return vqa_loss(self.model, pixels, tokens, groups)
 
     def validate(self, val_pairs: PairSet, dtype: torch.dtype | None) -> dict[str, float]:
         from polymodal.eval.vqa import predict_answers, vqa_metrics
@@ -201,23 +227,15 @@ class VQAObjective(Objective):
         return vqa_metrics(predicted, np.array([r.group for r in val_pairs.records]),
                            [r.key for r in val_pairs.records], len(val_pairs.class_names))
 
-    def save(self, path: Path, training: dict[str, Any], metrics: dict[str, float], source: str) -> str:
-        from polymodal.task_models import save_task_model
-
-        return save_task_model(self.model, self.tokenizer, path, training=training, metrics=metrics, source=source,
-                               overwrite=True)
-
-
 # --------------------------------------------------------------------------- caption
 
 
-class CaptionObjective(Objective):
+class CaptionObjective(_ReaderObjective):
     primary_metric = "cider"
 
     def __init__(self, cfg: TrainConfig, train_pairs: PairSet, info: dist_utils.DistInfo, run_dir: Path,
                  resuming: bool) -> None:
         from polymodal.config import CaptionerConfig
-        from polymodal.models.captioner import Captioner
 
         dual, preset = _vision_source(cfg)
         head = cfg.head
@@ -232,15 +250,10 @@ class CaptionObjective(Objective):
             _copy_vision(dual, model.vision, cfg)
         self.model: Captioner = model.to(info.device)
         self.preprocess = preset.preprocess
-        self.captions = train_pairs.captions()
+        self.texts = train_pairs.captions()
 
-    def backward(self, batch: Batch, chunks: int, dtype: torch.dtype | None) -> float:
-        device = model_device(self.model)
-        tokens = self.tokenizer([self.captions[i] for i in batch.caption_ids.tolist()]).to(device)
-        with autocast(device, dtype):
-            loss = self.model(batch.pixels.to(device), tokens.input_ids, tokens.attention_mask)
-        loss.backward()
-        return float(loss.item())
+    def _loss(self, pixels: torch.Tensor, tokens: TokenBatch, groups: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels, tokens.input_ids, tokens.attention_mask)
 
     def validate(self, val_pairs: PairSet, dtype: torch.dtype | None) -> dict[str, float]:
         from polymodal.eval.caption_metrics import caption_scores
@@ -249,13 +262,6 @@ class CaptionObjective(Objective):
         written = caption_records(self.model, self.tokenizer, self.preprocess, val_pairs.records, dtype=dtype)
         return {k: 100 * v if k.startswith("bleu") else v
                 for k, v in caption_scores(written, [list(r.captions) for r in val_pairs.records]).items()}
-
-    def save(self, path: Path, training: dict[str, Any], metrics: dict[str, float], source: str) -> str:
-        from polymodal.task_models import save_task_model
-
-        return save_task_model(self.model, self.tokenizer, path, training=training, metrics=metrics, source=source,
-                               overwrite=True)
-
 
 def _vision_source(cfg: TrainConfig) -> tuple[DualEncoder | None, Any]:
     """(the dual encoder of model.init or None, the config whose vision tower and
