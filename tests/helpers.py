@@ -185,3 +185,23 @@ def write_toml(path: Path, top: dict, sections: dict[str, dict]) -> Path:
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def save_tiny_fusion_model(path: Path, texts: list[str], seed: int = 0) -> Path:
+    """A randomly initialised cross-attention fusion model (16-px ViT, 4x4 patches) with a
+    word-level tokenizer over `texts`, saved as a model directory at `path`."""
+    import torch
+
+    from polymodal.config import FusionConfig, FusionModelConfig, PreprocessConfig, TokenizerConfig, ViTConfig
+    from polymodal.task_models import build_fusion_model, save_task_model
+    from polymodal.tokenizer import Tokenizer, train_wordlevel
+
+    tokenizer = Tokenizer(train_wordlevel(texts), 10, TokenizerConfig())
+    fusion = FusionConfig(kind="cross", vocab_size=tokenizer.vocab_size, context_length=10, image_tokens=17,
+                          image_width=32, transformer=tiny_transformer(), mask_token_id=3)
+    vision = ViTConfig(image_size=16, patch_size=4, transformer=tiny_transformer())
+    torch.manual_seed(seed)
+    model = build_fusion_model(FusionModelConfig(vision=vision, fusion=fusion,
+                                                 preprocess=PreprocessConfig(image_size=16)))
+    save_task_model(model, tokenizer, path)
+    return path

@@ -317,6 +317,10 @@ def serve(
         envvar="POLYMODAL_API_KEY", help="Require this key (X-API-Key header) to add or remove items.")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(
         help="A browser origin allowed to call the API (repeatable); none by default.")] = None,
+    reranker: Annotated[Path | None, typer.Option(
+        help="A fusion model (polymodal train, task = \"fusion\"): the page can re-rank text searches with it "
+             "and show where it looks for each word.")] = None,
+    rerank_top: Annotated[int, typer.Option(min=1, max=200, help="Candidates the reranker re-scores.")] = 20,
 ) -> None:
     """Serve STORE over HTTP: search, items, thumbnails, zero-shot classification (API docs at /docs)."""
     import uvicorn
@@ -325,7 +329,8 @@ def serve(
     from polymodal.serve.service import Limits, SearchService
 
     limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20))
-    service = SearchService(store, model=model, device=device, limits=limits)
+    service = SearchService(store, model=model, device=device, limits=limits, reranker=reranker,
+                            rerank_top=rerank_top)
     with console.status("loading the model and the index"):
         service.warm()
     console.print(f"serving {store} on http://{host}:{port} (API docs: http://{host}:{port}/docs); Ctrl-C stops",

@@ -73,6 +73,11 @@ def test_hard_negatives_follow_the_similarities_and_skip_positives() -> None:
     assert set(grouped[:, 0].tolist()) <= {2, 3} and set(grouped[:, 1].tolist()) <= {2, 3}
     with pytest.raises(ValueError, match="no negative"):
         sample_hard_negatives(similarity[:2, :2], torch.tensor([5, 5]))
+    # pairs marked not_negative (e.g. the same caption text) are never drawn either
+    same_text = torch.zeros(4, 4, dtype=torch.bool)
+    same_text[0, 1] = same_text[1, 0] = True
+    excluded = [sample_hard_negatives(similarity, generator=g, not_negative=same_text) for _ in range(100)]
+    assert all(t[0] != 1 and t[1] != 0 and i[0] != 1 and i[1] != 0 for t, i in excluded)
 
 
 def test_itm_targets_and_masked_patches() -> None:

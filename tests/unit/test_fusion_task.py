@@ -51,7 +51,7 @@ def test_the_joint_objective_reaches_every_part_of_the_model(shapes: Path, kind:
     tokenizer = Tokenizer(train_wordlevel(texts), 16, TokenizerConfig())
     assert tokenizer.token_to_id(MASK) == 3
     model = fusion_model(kind, tokenizer.vocab_size)
-    losses = joint_losses(model, pixels_of(shapes, [r["image"] for r in rows]), tokenizer(texts),
+    losses = joint_losses(model, model.image_tokens(pixels_of(shapes, [r["image"] for r in rows])), tokenizer(texts),
                           torch.randn(6, 6), generator=torch.Generator().manual_seed(0))
     assert set(losses) == ({"itm", "mlm", "mpm"} if kind == "single" else {"itm", "mlm"})
     assert all(torch.isfinite(v) for v in losses.values())
@@ -72,7 +72,7 @@ def test_itm_learns_to_tell_matched_from_mismatched_pairs() -> None:
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(100):
-        loss = joint_losses(model, pixels, tokens, torch.zeros(4, 4), generator=generator)["itm"]
+        loss = joint_losses(model, model.image_tokens(pixels), tokens, torch.zeros(4, 4), generator=generator)["itm"]
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -30,24 +30,30 @@ if TYPE_CHECKING:
 
 class ITMReranker:
     def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 32) -> None:
+        from polymodal.checkpoint import read_config
         from polymodal.factory import get_transforms
         from polymodal.task_models import load_fusion_model
 
         self.model, self.tokenizer = load_fusion_model(model_dir, device)
         assert self.model.model_config is not None
+        self.model_id = str(read_config(model_dir, type(self.model.model_config))[0].get("model_id", ""))
         self.transform = get_transforms(self.model.model_config.preprocess)
         self.device = device
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def scores(self, text: str, hits: list[Hit]) -> np.ndarray:
         """P(`text` describes the image) for each image hit."""
         if any(h.modality != "image" for h in hits):
             raise DataError("ITM re-ranking scores images: search with modality image")
+        return self.match(text, [image_ref(h).read_bytes() for h in hits])
+
+    @torch.no_grad()
+    def match(self, text: str, images: list[bytes]) -> np.ndarray:
+        """P(`text` describes the image) for each encoded image."""
         out = []
-        for start in range(0, len(hits), self.batch_size):
-            chunk = hits[start:start + self.batch_size]
-            pixels = torch.stack([self.transform(image_ref(h).read_bytes()) for h in chunk]).to(self.device)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            pixels = torch.stack([self.transform(data) for data in chunk]).to(self.device)
             tokens = self.tokenizer([text] * len(chunk)).to(self.device)
             image = self.model.image_tokens(pixels)
             out.append(self.model.match_probability(tokens.input_ids, tokens.attention_mask, image).float().cpu())

@@ -91,13 +91,12 @@ class Searcher:
         With a `reranker`, the top `rerank_top` images are re-scored by its ITM head."""
         if reranker is None:
             return self.search_vector(self.query_vector(query), k, modality, where)
-        terms = parse_query(query)
-        if modality != "image" or len(terms) != 1 or not terms[0].text or terms[0].weight != 1:
+        if not rerankable(query, modality):
             raise DataError("re-ranking reads the query as a caption of an image: give plain text and search images")
         if rerank_top < k:
             raise DataError(f"re-rank at least k={k} candidates, got {rerank_top}")
         candidates = self.search_vector(self.query_vector(query), rerank_top, modality, where)
-        return reranker.rerank(terms[0].text, candidates)[:k]
+        return reranker.rerank(parse_query(query)[0].text, candidates)[:k]
 
     def more_like(self, ids: list[int], k: int = 10, modality: str = "image", where: Filter = Filter(),
                   include_given: bool = False) -> list[Hit]:
@@ -232,3 +231,9 @@ def _normalise(vector: np.ndarray) -> np.ndarray:
         raise StoreError("cannot normalise a zero or non-finite query vector")
     return (vector / norm).astype(np.float32)
 
+
+def rerankable(query: str, modality: str) -> bool:
+    """Whether a fusion model can re-rank this search: plain text (no arithmetic, no image
+    path) read as the caption of the images searched for."""
+    terms = parse_query(query)
+    return modality == "image" and len(terms) == 1 and bool(terms[0].text) and terms[0].weight == 1

@@ -49,17 +49,21 @@ def mask_tokens(ids: Tensor, attention_mask: Tensor, mask_token_id: int, vocab_s
 
 
 def sample_hard_negatives(similarity: Tensor, group_ids: Tensor | None = None, temperature: float = 1.0,
-                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                          generator: torch.Generator | None = None,
+                          not_negative: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(text_for_image, image_for_text): for image i the index of a negative caption, for
     caption j the index of a negative image, sampled with weights softmax(sim / T) over
     the batch's non-positives. `similarity` is (images, captions) of one batch, row i
     and column i being a positive pair, as logits: cosines times the dual encoder's logit
     scale (ALBEF: cosine / 0.07); raw cosines would make the draw nearly uniform, i.e.
-    not hard. A row with no negative at all raises."""
+    not hard. `not_negative` (B, B) marks further pairs that must not be drawn, e.g. an
+    image with another image's identical caption. A row with no negative at all raises."""
     n = similarity.shape[0]
     if similarity.shape != (n, n) or n < 2:
         raise ValueError(f"similarity must be a square (B, B) matrix with B >= 2, got {tuple(similarity.shape)}")
     positives = positive_mask(group_ids, n, similarity.device)
+    if not_negative is not None:
+        positives = positives | not_negative.to(positives.device)
     if bool(positives.all(dim=1).any()):
         raise ValueError("a row has no negative: every pair in the batch shares its group")
     logits = (similarity.detach().float() / temperature).masked_fill(positives, float("-inf"))

@@ -28,7 +28,16 @@ from polymodal.errors import PolymodalError, StoreBusy
 from polymodal.index.jobs import JOB_ID
 from polymodal.index.search import Filter, parse_filters
 from polymodal.serve.metrics import Metrics
-from polymodal.serve.schemas import ClassifyOut, ErrorOut, HealthOut, ItemOut, JobOut, Modality, SearchOut
+from polymodal.serve.schemas import (
+    ClassifyOut,
+    ErrorOut,
+    ExplainOut,
+    HealthOut,
+    ItemOut,
+    JobOut,
+    Modality,
+    SearchOut,
+)
 from polymodal.serve.service import NotFound, SearchService, TooLarge
 
 log = logging.getLogger("polymodal.serve")
@@ -151,8 +160,17 @@ def create_app(service: SearchService, api_key: str | None = None, cors_origins:
     @app.get("/api/search", response_model=SearchOut, responses=ERRORS, tags=["search"])
     def search(q: Annotated[str, Query(min_length=1, max_length=1000, description=(
                    "Text, or arithmetic of texts: 'beach + 2:dog - people'."))],
-               k: K = 10, modality: Modality = "image", where: WhereQ = None, path: PathQ = "") -> SearchOut:
-        return service.search_text(_text_only(q), k, modality, _filter(where, path))
+               k: K = 10, modality: Modality = "image", where: WhereQ = None, path: PathQ = "",
+               rerank: Annotated[bool, Query(description=(
+                   "Re-score the top candidates with the server's fusion model (serve --reranker); "
+                   "plain text, images only."))] = False) -> SearchOut:
+        return service.search_text(_text_only(q), k, modality, _filter(where, path), rerank=rerank)
+
+    @app.get("/api/items/{item_id}/explain", response_model=ExplainOut, responses=ERRORS, tags=["search"])
+    def explain(item_id: ItemId, text: Annotated[str, Query(min_length=1, max_length=1000, description=(
+                    "The text whose words' attention over the image to show."))]) -> ExplainOut:
+        """Where the server's fusion model looks in the image for each word of the text (404 without one)."""
+        return service.explain(item_id, text)
 
     @app.post("/api/search/image", response_model=SearchOut, responses=ERRORS, tags=["search"])
     def search_image(file: Annotated[UploadFile, File(description="An image file.")], k: Annotated[int, Form(

@@ -26,6 +26,18 @@ class SearchOut(BaseModel):
     k: int
     took_ms: float
     hits: list[HitOut]
+    reranked: bool = Field(default=False, description="Whether the fusion model re-ranked the hits; their scores "
+                                                      "are then P(match) from its ITM head.")
+
+
+class ExplainOut(BaseModel):
+    item: int
+    text: str
+    words: list[str] = Field(description="The text's words as the fusion model reads them.")
+    grid: int = Field(description="The image is grid x grid patches.")
+    maps: list[list[float]] = Field(description="Per word, its attention over the patches, row by row (sums to 1).")
+    match: float = Field(description="P(the text describes the image), from the ITM head.")
+    took_ms: float
 
 
 class ItemOut(BaseModel):
@@ -59,6 +71,8 @@ class HealthOut(BaseModel):
     images: int
     texts: int
     index: str
+    reranker: str | None = Field(default=None, description="Model id of the fusion model re-ranking and explaining "
+                                                           "text searches, if the server has one.")
 
 
 class JobOut(BaseModel):

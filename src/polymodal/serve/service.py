@@ -31,9 +31,20 @@ from polymodal.index.api import remove_items
 from polymodal.index.build import index_info
 from polymodal.index.jobs import ProgressEvent, job_status, list_jobs, new_job_id, poll
 from polymodal.index.reader import image_ref
-from polymodal.index.search import Filter, Hit, Searcher
+from polymodal.index.rerank import ITMReranker
+from polymodal.index.search import Filter, Hit, Searcher, rerankable
 from polymodal.index.store import DB_FILE, Item
-from polymodal.serve.schemas import ClassifyOut, HealthOut, HitOut, ItemOut, JobOut, LabelScore, Modality, SearchOut
+from polymodal.serve.schemas import (
+    ClassifyOut,
+    ExplainOut,
+    HealthOut,
+    HitOut,
+    ItemOut,
+    JobOut,
+    LabelScore,
+    Modality,
+    SearchOut,
+)
 from polymodal.transforms import load_image
 
 log = logging.getLogger("polymodal.serve")
@@ -62,8 +73,11 @@ class Limits:
 
 class SearchService:
     def __init__(self, store_path: str | Path, model: str | None = None, device: str = "",
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), reranker: str | Path | None = None, rerank_top: int = 20) -> None:
         self.searcher = Searcher(store_path, model=model, device=device)
+        # a fusion model (task = "fusion"): re-ranks text searches and explains hits
+        self.reranker = ITMReranker(reranker, device or "cpu") if reranker else None
+        self.rerank_top = rerank_top
         self._device = device
         self.limits = limits
         self.roots = [os.path.realpath(r) for r in self.searcher.store.roots if Path(r).exists()]
@@ -88,10 +102,39 @@ class SearchService:
 
     # ----------------------------------------------------------------- search
 
-    def search_text(self, query: str, k: int = 10, modality: str = "image", where: Filter = NO_FILTER) -> SearchOut:
+    def search_text(self, query: str, k: int = 10, modality: str = "image", where: Filter = NO_FILTER,
+                    rerank: bool = False) -> SearchOut:
         if not query.strip():
             raise DataError("the query is empty")
+        # arithmetic, image paths and caption searches are not re-rankable: they run as plain searches
+        # (the response's `reranked` says which happened)
+        if rerank and rerankable(query, modality):
+            reranker, top = self._require_reranker(), max(self.rerank_top, self._k(k))
+            found = self._timed(query, k, modality,
+                                lambda: self.searcher.search(query, k, modality, where, reranker, top))
+            return found.model_copy(update={"reranked": True})
         return self._timed(query, k, modality, lambda: self.searcher.search(query, self._k(k), modality, where))
+
+    def explain(self, item_id: int, text: str) -> ExplainOut:
+        """Where the fusion model looks in image `item_id` for each word of `text`."""
+        from polymodal.explain import explain
+
+        reranker = self._require_reranker()
+        if not text.strip():
+            raise DataError("give a text to explain")
+        data = self._read(self._live(item_id, "image"))
+        start = time.perf_counter()
+        with self._lock:
+            found = explain(reranker.model, reranker.tokenizer, reranker.transform, data, text)
+            match = float(reranker.match(text, [data])[0])
+        return ExplainOut(item=item_id, text=text, words=found.words, grid=int(found.maps.shape[1]),
+                          maps=[[round(float(v), 5) for v in m.ravel()] for m in found.maps], match=round(match, 6),
+                          took_ms=round(1000 * (time.perf_counter() - start), 2))
+
+    def _require_reranker(self) -> ITMReranker:
+        if self.reranker is None:
+            raise NotFound("this server has no fusion model: start it with --reranker MODEL")
+        return self.reranker
 
     def search_image(self, data: bytes, k: int = 10, modality: str = "image", where: Filter = NO_FILTER) -> SearchOut:
         image = self.decode_upload(data)
@@ -348,7 +391,8 @@ class SearchService:
             store = self.searcher.store
             built = index_info(store.path)
             return HealthOut(store=store.path.name, model_id=store.manifest.model_id, images=store.count("image"),
-                             texts=store.count("text"), index=str(built.get("backend", "exact")))
+                             texts=store.count("text"), index=str(built.get("backend", "exact")),
+                             reranker=self.reranker.model_id if self.reranker else None)
 
 
 def _inode(store_path: Path) -> int:

@@ -91,21 +91,30 @@ class LoopSection:
 @dataclass(frozen=True)
 class HeadSection:
     """The model that reads the vision tower's tokens, for tasks other than contrastive:
-    a fusion encoder (vqa) or a caption decoder (caption) of this size; its word-level
-    vocabulary keeps the words seen at least `min_word_count` times in training."""
+    a fusion encoder (vqa, fusion) or a caption decoder (caption) of this size; its
+    word-level vocabulary keeps the words seen at least `min_word_count` times in training.
+    A fusion run adds the weighted ITM, MLM and (single layout) masked-patch losses to the
+    contrastive loss, and validates by re-ranking each image's first caption's top
+    `rerank_top` images."""
 
-    layout: Literal["cross", "single"] = "cross"  # vqa
+    layout: Literal["cross", "single"] = "cross"  # vqa, fusion
     width: int = 256
     layers: int = 4
     heads: int = 4
     context_length: int = 32
     min_word_count: int = 1
+    itm_weight: float = 1.0  # fusion
+    mlm_weight: float = 1.0
+    mpm_weight: float = 1.0
+    rerank_top: int = 10
 
     def __post_init__(self) -> None:
-        if min(self.width, self.layers, self.heads, self.min_word_count) < 1 or self.width % self.heads \
-                or self.context_length < 3:
-            raise ConfigError("head: width, layers, heads, min_word_count >= 1, width divisible by heads, "
-                              "context_length >= 3")
+        if min(self.width, self.layers, self.heads, self.min_word_count, self.rerank_top) < 1 \
+                or self.width % self.heads or self.context_length < 3:
+            raise ConfigError("head: width, layers, heads, min_word_count, rerank_top >= 1, width divisible by "
+                              "heads, context_length >= 3")
+        if min(self.itm_weight, self.mlm_weight, self.mpm_weight) < 0:
+            raise ConfigError("head: the loss weights must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,9 @@ class TrainConfig:
     data: SourceConfig
     val: SourceConfig | None = None
     # contrastive: a dual encoder (CLIP); vqa: a fusion model answering questions about images;
-    # caption: an image-conditioned decoder writing captions
-    task: Literal["contrastive", "vqa", "caption"] = "contrastive"
+    # caption: an image-conditioned decoder writing captions; fusion: a dual encoder and a
+    # fusion model over its image tower, trained jointly (contrastive + ITM + MLM), for re-ranking
+    task: Literal["contrastive", "vqa", "caption", "fusion"] = "contrastive"
     model: ModelSection = ModelSection()
     head: HeadSection = HeadSection()
     loss: LossSection = LossSection()
@@ -133,13 +143,21 @@ class TrainConfig:
         if self.task == "caption" and metric and metric not in CAPTION_METRICS:
             raise ConfigError(f"train.early_stopping_metric {metric!r}: a caption run reports "
                               f"{', '.join(CAPTION_METRICS)}")
-        if self.task != "contrastive" and self.model.lock_text:
+        if self.task == "fusion" and metric and metric not in FUSION_METRICS:
+            raise ConfigError(f"train.early_stopping_metric {metric!r}: a fusion run reports "
+                              f"{', '.join(FUSION_METRICS)}")
+        if self.task == "fusion" and self.train.accum_steps > 1:
+            raise ConfigError("train.accum_steps > 1 is not supported by task 'fusion' (its hard negatives are "
+                              "drawn from the whole batch)")
+        if self.task in ("vqa", "caption") and self.model.lock_text:
             raise ConfigError(f"model.lock_text is for contrastive runs: a {self.task} model has no separate "
                               "text tower")
 
 
 VQA_METRICS = ("accuracy", "balanced_accuracy")
 CAPTION_METRICS = ("cider", "bleu1", "bleu2", "bleu3", "bleu4")
+FUSION_METRICS = ("rerank_mean_recall", "rerank_t2i_r1", "rerank_t2i_r5", "rerank_t2i_r10", "t2i_r1", "t2i_r5",
+                  "t2i_r10")
 
 
 # Settings that may change between a run and its resumption.

@@ -1,6 +1,7 @@
 """The losses of one fusion-model batch: the joint pre-training objective and VQA.
 
-    losses = joint_losses(model, pixels, tokens, similarity, groups)   # {"itm", "mlm", ["mpm"]}
+    image = model.image_tokens(pixels)  # (B, M, W): computed once, shared with the dual encoder's loss
+    losses = joint_losses(model, image, tokens, similarity, groups)   # {"itm", "mlm", ["mpm"]}
     total = sum(weights[k] * v for k, v in losses.items())
     loss = vqa_loss(model, pixels, question_tokens, answers)
 
@@ -27,17 +28,22 @@ from polymodal.models.fusion import FusionModel
 from polymodal.tokenizer import TokenBatch
 
 
-def joint_losses(model: FusionModel, pixels: Tensor, tokens: TokenBatch, similarity: Tensor,
+def joint_losses(model: FusionModel, image: Tensor, tokens: TokenBatch, similarity: Tensor,
                  groups: Tensor | None = None, special_ids: tuple[int, ...] = (0, 1, 2),
                  generator: torch.Generator | None = None, mask_share: float = 0.4) -> dict[str, Tensor]:
     """Image-text matching with hard negatives, masked language modelling conditioned on
-    the image, and (single stream) masked patch modelling."""
+    the image, and (single stream) masked patch modelling. `image` holds the vision tower's
+    tokens of the batch's images (B, M, W), so that a caller training the tower with another
+    loss too runs it once."""
     ids, mask = tokens.input_ids, tokens.attention_mask
     batch = ids.shape[0]
-    image = model.image_tokens(pixels)
 
-    # ITM: [positives; each image with a confusable caption; each caption with a confusable image]
-    text_for_image, image_for_text = sample_hard_negatives(similarity, groups, generator=generator)
+    # ITM: [positives; each image with a confusable caption; each caption with a confusable image].
+    # Two images with the very same caption are no negatives of each other: the label would be
+    # wrong for one of them (short captions repeat: "a dog", an emoji name used twice).
+    same_text = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
+    text_for_image, image_for_text = sample_hard_negatives(similarity, groups, generator=generator,
+                                                           not_negative=same_text)
     pair_ids = torch.cat([ids, ids[text_for_image], ids])
     pair_mask = torch.cat([mask, mask[text_for_image], mask])
     pair_image = torch.cat([image, image, image[image_for_text]])

@@ -4,9 +4,11 @@ The run folder holds everything a run needs to resume and everything it produced
 
     RUN/train_config.json   the resolved configuration (a resumed run must match it)
     RUN/tokenizer.json      the tokenizer trained on the captions (from-scratch text towers)
+    RUN/fusion_tokenizer.json   a fusion run's word-level tokenizer (its dual encoder may have its own)
     RUN/checkpoint.pt       model, optimiser, schedule, RNG, step, best metric
     RUN/metrics.jsonl       one line per logged step and per evaluation
     RUN/model/              the model directory: the best on validation, else the last
+    RUN/dual_encoder/       a fusion run's dual encoder, trained with it (saved with RUN/model)
     RUN/summary.json        final numbers, wall time, unreadable images
 
 Running the same command again resumes from checkpoint.pt and ends with exactly the
@@ -151,9 +153,10 @@ class Trainer:
                     progress, progress.step)
 
     def _remove_outputs(self) -> None:
-        for name in ("metrics.jsonl", "summary.json", "tokenizer.json"):
+        for name in ("metrics.jsonl", "summary.json", "tokenizer.json", "fusion_tokenizer.json"):
             (self.run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / "model", ignore_errors=True)
+        for folder in ("model", "dual_encoder"):
+            shutil.rmtree(self.run_dir / folder, ignore_errors=True)
 
     def _check_same_config(self, saved: dict[str, Any]) -> None:
         changed = [k for k in _diff(saved, to_dict(self.config)) if k not in RESUMABLE_CHANGES]
@@ -175,7 +178,11 @@ class Trainer:
                                         cfg.seed),
                             batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                             persistent_workers=workers > 0, worker_init_fn=_worker_init,
-                            prefetch_factor=4 if workers > 0 else None)
+                            prefetch_factor=4 if workers > 0 else None,
+                            # its own generator: a loader draws a seed when it starts, and drawing it
+                            # from the global RNG would shift the draws of the objectives that use it
+                            # (the fusion masks and negatives) between a run and its resumption
+                            generator=torch.Generator().manual_seed(cfg.seed))
         eval_every = cfg.train.eval_every or max(1, run.steps_per_epoch)
         stop = False
         step = progress.step

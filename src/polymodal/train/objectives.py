@@ -6,7 +6,10 @@ them with the same schedule, checkpoints, resumption, early stopping and budget.
   a frozen text tower's features cached;
 - vqa: a fusion model over a vision tower (from a preset, or a trained dual encoder's
   with `model.init`), a word-level tokenizer learned from the training questions, and
-  cross-entropy over the answers; validated by accuracy, overall and per question type.
+  cross-entropy over the answers; validated by accuracy, overall and per question type;
+- caption: a decoder over a vision tower, validated by BLEU and CIDEr-D;
+- fusion (train/fusion_objective.py): a dual encoder and a fusion model over its image
+  tower, trained jointly; validated by re-ranking.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from polymodal.models.tower import Tower
 from polymodal.registry import get_preset
 from polymodal.tokenizer import TokenBatch, Tokenizer, pretrained_tokenizer, train_bpe, train_wordlevel
 from polymodal.train import distributed as dist_utils
-from polymodal.train.config import TrainConfig
+from polymodal.train.config import HeadSection, TrainConfig
 from polymodal.train.step import backward_step
 from polymodal.train.task import ContrastiveTask, build_loss
 
@@ -200,12 +203,7 @@ class VQAObjective(_ReaderObjective):
         head = cfg.head
         self.tokenizer = run_tokenizer(run_dir, info, resuming, head.context_length, TokenizerConfig(),
                                        lambda: train_wordlevel(train_pairs.captions(), head.min_word_count))
-        fusion = FusionConfig(kind=head.layout, vocab_size=self.tokenizer.vocab_size,
-                              context_length=head.context_length,
-                              image_tokens=vision.grid_size ** 2 + (vision.pool == "cls"),
-                              image_width=vision.transformer.width,
-                              transformer=TransformerConfig(width=head.width, layers=head.layers, heads=head.heads),
-                              mask_token_id=3, num_answers=len(train_pairs.class_names))
+        fusion = fusion_config(head, vision, self.tokenizer.vocab_size, num_answers=len(train_pairs.class_names))
         config = FusionModelConfig(vision=vision, fusion=fusion, preprocess=preset.preprocess,
                                    answers=tuple(train_pairs.class_names))
         model = build_fusion_model(config)
@@ -286,11 +284,21 @@ def _copy_vision(dual: DualEncoder, vision: Tower, cfg: TrainConfig) -> None:
 # --------------------------------------------------------------------------- shared
 
 
+def fusion_config(head: HeadSection, vision: ViTConfig, vocab_size: int, num_answers: int = 0) -> FusionConfig:
+    """The fusion encoder of a [head] section, over the tokens of `vision` (patches, and
+    the class token when the tower pools with it). The word-level tokenizers put <mask> at 3."""
+    return FusionConfig(kind=head.layout, vocab_size=vocab_size, context_length=head.context_length,
+                        image_tokens=vision.grid_size ** 2 + (vision.pool == "cls"),
+                        image_width=vision.transformer.width,
+                        transformer=TransformerConfig(width=head.width, layers=head.layers, heads=head.heads),
+                        mask_token_id=3, num_answers=num_answers)
+
+
 def run_tokenizer(run_dir: Path, info: dist_utils.DistInfo, resuming: bool, context_length: int,
-                  config: TokenizerConfig, train: Callable[[], Any]) -> Tokenizer:
+                  config: TokenizerConfig, train: Callable[[], Any], name: str = "tokenizer.json") -> Tokenizer:
     """The run's own tokenizer: learned from the training text at the start (every rank
-    learns the same one; rank 0 writes it), read back from RUN/tokenizer.json on resume."""
-    saved = run_dir / "tokenizer.json"
+    learns the same one; rank 0 writes it), read back from RUN/`name` on resume."""
+    saved = run_dir / name
     if resuming:
         return Tokenizer.from_file(saved, context_length, config)
     tokenizer = Tokenizer(train(), context_length, config)
@@ -305,4 +313,8 @@ def build_objective(cfg: TrainConfig, train_pairs: PairSet, val_pairs: PairSet |
         return VQAObjective(cfg, train_pairs, val_pairs, info, run_dir, resuming)
     if cfg.task == "caption":
         return CaptionObjective(cfg, train_pairs, info, run_dir, resuming)
+    if cfg.task == "fusion":
+        from polymodal.train.fusion_objective import FusionObjective
+
+        return FusionObjective(cfg, train_pairs, val_pairs, info, run_dir, resuming, dtype, status)
     return ContrastiveObjective(cfg, train_pairs, val_pairs, info, run_dir, resuming, dtype, status)

@@ -42,12 +42,17 @@ class ContrastiveTask(nn.Module):
         self.text_cache = text_cache
 
     def forward(self, pixels: Tensor, caption_ids: Tensor) -> DualEncoderOutput:
-        device = model_device(self.model)
-        image = self.model.encode_image(pixels.to(device, non_blocking=True))
+        image = self.model.encode_image(pixels.to(model_device(self.model), non_blocking=True))
+        return self.output(image, self.encode_captions(caption_ids))
+
+    def encode_captions(self, caption_ids: Tensor) -> Tensor:
+        """(B, E) normalised embeddings of training captions, by caption id."""
         if self.text_cache is not None:
-            text = F.normalize(self.model.text.forward_head(self.text_cache.lookup(caption_ids)), dim=-1)
-        else:
-            tokens = self.tokenizer([self.captions[i] for i in caption_ids.tolist()]).to(device)
-            text = self.model.encode_text(tokens.input_ids, tokens.attention_mask)
+            return F.normalize(self.model.text.forward_head(self.text_cache.lookup(caption_ids)), dim=-1)
+        tokens = self.tokenizer([self.captions[i] for i in caption_ids.tolist()]).to(model_device(self.model))
+        return self.model.encode_text(tokens.input_ids, tokens.attention_mask)
+
+    def output(self, image_embeds: Tensor, text_embeds: Tensor) -> DualEncoderOutput:
         scale, bias = self.model.logit_params()
-        return DualEncoderOutput(image_embeds=image, text_embeds=text, logit_scale=scale, logit_bias=bias)
+        return DualEncoderOutput(image_embeds=image_embeds, text_embeds=text_embeds, logit_scale=scale,
+                                 logit_bias=bias)

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { last: null };  // the last search, to re-run when a control changes
+const state = { last: null, reranker: null };  // the last search, to re-run when a control changes
 
 function modality() {
   return document.querySelector("input[name=modality]:checked").value;
@@ -38,6 +38,24 @@ function showQueryImage(src, label) {
   text.textContent = label;
   box.append(img, text);
   box.hidden = false;
+}
+
+// A result: the card (click: similar items) and, after a text search on a server with a
+// fusion model, a "why?" button that shows where that model looks for each word.
+function cell(hit, best, text) {
+  const box = document.createElement("div");
+  box.className = "cell";
+  box.append(card(hit, best));
+  if (text && state.reranker && hit.modality === "image") {
+    const why = document.createElement("button");
+    why.type = "button";
+    why.className = "why";
+    why.textContent = "why?";
+    why.title = "Where the fusion model looks for each word";
+    why.addEventListener("click", () => explain(hit, text));
+    box.append(why);
+  }
+  return box;
 }
 
 function card(hit, best) {
@@ -78,21 +96,22 @@ function card(hit, best) {
   return el;
 }
 
-function render(result, label) {
+function render(result, search) {
   const grid = $("results");
   grid.classList.toggle("captions", result.modality === "text");
   const best = result.hits.length ? result.hits[0].score : 1;
-  grid.replaceChildren(...result.hits.map((hit) => card(hit, best)));
+  grid.replaceChildren(...result.hits.map((hit) => cell(hit, best, search.text)));
+  const found = `${result.hits.length} ${result.modality === "text" ? "captions" : "images"}`;
   setStatus(result.hits.length
-    ? `${result.hits.length} ${result.modality === "text" ? "captions" : "images"} for ${label} in ${result.took_ms} ms`
-    : `Nothing found for ${label}.`);
+    ? `${found} for ${search.label} in ${result.took_ms} ms${result.reranked ? " (re-ranked)" : ""}`
+    : `Nothing found for ${search.label}.`);
 }
 
 async function run(search) {
   state.last = search;
   setStatus("Searching…");
   try {
-    render(await search.fetch(), search.label);
+    render(await search.fetch(), search);
   } catch (err) {
     $("results").replaceChildren();
     setStatus(err.message, true);
@@ -101,7 +120,84 @@ async function run(search) {
 
 function searchText(q) {
   showQueryImage(null);
-  run({ label: `“${q}”`, fetch: () => call(`/api/search?${params({ q })}`) });
+  run({
+    label: `“${q}”`,
+    text: q,
+    fetch: () => {
+      const rerank = state.reranker && $("rerank").checked && modality() === "image";
+      return call(`/api/search?${params(rerank ? { q, rerank: "true" } : { q })}`);
+    },
+  });
+}
+
+// The explanation dialog: the image under each word's attention map, as the model sees it
+// (a centre square, like its preprocessing), the heat normalised per word.
+const HEAT = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];  // inferno
+
+function heatColour(v) {
+  const x = Math.min(0.9999, Math.max(0, v)) * (HEAT.length - 1);
+  const i = Math.floor(x);
+  const f = x - i;
+  return HEAT[i].map((c, j) => Math.round(c + f * (HEAT[i + 1][j] - c)));
+}
+
+function drawMap(canvas, image, map, grid) {
+  const ctx = canvas.getContext("2d");
+  const side = Math.min(image.naturalWidth, image.naturalHeight);
+  ctx.drawImage(image, (image.naturalWidth - side) / 2, (image.naturalHeight - side) / 2, side, side,
+    0, 0, canvas.width, canvas.height);
+  if (!map) return;
+  const heat = document.createElement("canvas");
+  heat.width = heat.height = grid;
+  const pixels = heat.getContext("2d").createImageData(grid, grid);
+  const top = Math.max(...map, 1e-12);
+  map.forEach((v, i) => {
+    const [r, g, b] = heatColour(v / top);
+    pixels.data.set([r, g, b, 255], 4 * i);
+  });
+  heat.getContext("2d").putImageData(pixels, 0, 0);
+  ctx.globalAlpha = 0.6;
+  ctx.imageSmoothingEnabled = true;
+  ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
+  ctx.globalAlpha = 1;
+}
+
+function figure(image, label, map, grid) {
+  const fig = document.createElement("figure");
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 160;
+  drawMap(canvas, image, map, grid);
+  const caption = document.createElement("figcaption");
+  caption.textContent = label;
+  fig.append(canvas, caption);
+  return fig;
+}
+
+async function explain(hit, text) {
+  const dialog = $("explain");
+  $("explain-title").textContent = `“${text}” in ${hit.name}`;
+  $("explain-maps").replaceChildren();
+  $("explain-status").textContent = "Reading the image…";
+  $("explain-status").classList.remove("error");
+  if (!dialog.open) dialog.showModal();
+  try {
+    const [found, image] = await Promise.all([
+      call(`/api/items/${hit.id}/explain?${new URLSearchParams({ text })}`),
+      new Promise((resolve, reject) => {
+        const img = new Image();
+        img.onload = () => resolve(img);
+        img.onerror = () => reject(new Error("the image did not load"));
+        img.src = hit.thumbnail;
+      }),
+    ]);
+    $("explain-maps").replaceChildren(figure(image, "image"),
+      ...found.words.map((word, i) => figure(image, word, found.maps[i], found.grid)));
+    $("explain-status").textContent = `P(match) ${found.match.toFixed(3)} · attention of each word over the ` +
+      `image · ${found.took_ms} ms`;
+  } catch (err) {
+    $("explain-status").textContent = err.message;
+    $("explain-status").classList.add("error");
+  }
 }
 
 function similar(id, thumbnail, name) {
@@ -126,6 +222,8 @@ function searchImage(file) {
 
 function showStore() {
   call("/api/health").then((h) => {
+    state.reranker = h.reranker;
+    $("rerank-box").hidden = !h.reranker;
     $("store").textContent = `${h.store} · ${h.images.toLocaleString()} images · ` +
       `${h.texts.toLocaleString()} captions · ${h.index} index`;
   }).catch(() => { $("store").textContent = "store unavailable"; });
@@ -190,7 +288,8 @@ function init() {
     if (q) searchText(q);
   });
   $("file").addEventListener("change", () => searchImage($("file").files[0]));
-  for (const el of [$("k"), $("path"), ...document.querySelectorAll("input[name=modality]")]) {
+  $("explain-close").addEventListener("click", () => $("explain").close());
+  for (const el of [$("k"), $("path"), $("rerank"), ...document.querySelectorAll("input[name=modality]")]) {
     el.addEventListener("change", () => { if (state.last) run(state.last); });
   }
   // keyboard: "/" focuses the search box, Escape clears it
