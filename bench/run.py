@@ -2,7 +2,7 @@
 of BENCHMARKS.md from their JSON results (each figure beside its peer from the same run,
 and as a share of this machine's ceilings, measured first).
 
-    python bench/run.py                          # ceilings, search, serve_load, cpu_precision
+    python bench/run.py                          # ceilings, search, encoders, serve_load, cpu_precision
     python bench/run.py --only ceilings,search   # some of them
     python bench/run.py --table                  # only rewrite the table from existing results
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import summary
 
 BENCH = Path(__file__).parent
-SCRIPTS = ("ceilings", "search", "serve_load", "cpu_precision")
+SCRIPTS = ("ceilings", "search", "encoders", "serve_load", "cpu_precision")
 
 
 def main() -> None:

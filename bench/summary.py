@@ -52,10 +52,30 @@ def rows(found: dict[str, dict[str, Any]]) -> list[Row]:
         out.append((f"serve: {run['clients']} clients (requests/s; p50 / p99 ms)", f"{run['requests_per_s']:g}; "
                     f"{run['p50_ms']:g} / {run['p99_ms']:g}", "", "", "", _source(serve)))
     ceilings = found.get("ceilings", {}).get("results", {})
+    out += encoder_rows(found.get("encoders", {}), ceilings.get("fp32_gflops"))
     for key, label in (("fp32_gflops", "matmul 2048², fp32 (GFLOP/s)"), ("bf16_gflops", "matmul 2048², bf16 (GFLOP/s)"),
                        ("read_bandwidth_gbs", "memory read bandwidth (GB/s)")):
         if key in ceilings:
             out.append((f"ceiling: {label}", f"{ceilings[key]:g}", "", "", "", _source(found["ceilings"])))
+    return out
+
+
+def encoder_rows(record: dict[str, Any], fp32_ceiling: float | None) -> list[Row]:
+    """Embedding throughput of our encoders (fp32, and int8 where it is faster) against
+    transformers' CLIPModel with the same weights; fp32 as a share of the matmul ceiling."""
+    out: list[Row] = []
+    for arch, result in record.get("results", {}).get("architectures", {}).items():
+        for modality in ("image", "text"):
+            per_item = result[modality].get("gflop_per_item")
+            for batch in (1, 64):
+                row = result[modality].get(f"batch_{batch}")
+                if not row:
+                    continue
+                share = f"{per_item * row['fp32_per_s'] / fp32_ceiling:.0%} of fp32 matmul" \
+                    if per_item and fp32_ceiling else ""
+                out.append((f"{arch} {modality}s embedded/s, batch {batch} (fp32; int8)",
+                            f"{row['fp32_per_s']:g}; {row['int8_per_s']:g}", f"transformers {row['peer_per_s']:g}",
+                            f"{row['fp32_over_peer']:.2f}x; {row['int8_over_peer']:.2f}x", share, _source(record)))
     return out
 
 

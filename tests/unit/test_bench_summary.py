@@ -28,6 +28,19 @@ def test_rows_give_ratios_against_the_peer_and_the_ceiling() -> None:
     assert any(r[0] == "ceiling: memory read bandwidth (GB/s)" and r[1] == "20" for r in rows)
 
 
+def test_encoder_rows_compare_with_transformers_and_the_matmul_ceiling() -> None:
+    batch = {"peer_per_s": 100.0, "fp32_per_s": 150.0, "int8_per_s": 200.0, "fp32_over_peer": 1.5,
+             "int8_over_peer": 2.0}
+    found = {
+        "encoders": record("encoders", {"architectures": {"tiny-64": {
+            "image": {"gflop_per_item": 0.5, "batch_64": batch}, "text": {"gflop_per_item": 0.1}}}}),
+        "ceilings": record("ceilings", {"fp32_gflops": 300.0}),
+    }
+    (row,) = [r for r in summary.rows(found) if r[0].startswith("tiny-64")]
+    assert row[0] == "tiny-64 images embedded/s, batch 64 (fp32; int8)"
+    assert row[1:5] == ("150; 200", "transformers 100", "1.50x; 2.00x", "25% of fp32 matmul")  # 75 of 300 GFLOP/s
+
+
 def test_the_rewrite_replaces_only_the_marked_table() -> None:
     before = f"# Benchmarks\n\nintro\n\n{summary.BEGIN}\nold table\n{summary.END}\n\n## Later section\nkept\n"
     after = summary.rewrite(before, "| new |")

@@ -1,0 +1,195 @@
+"""Our encoders against transformers' CLIPModel with identical weights and thread count, in
+one run: image and text embedding throughput at batch 1 and 64, and the largest difference
+between the two models' embeddings.
+
+Architectures: ViT-B/32 (transformers' default CLIPConfig: 224 px, 12 + 12 layers) and
+"tiny-64", the sizes of our vit-tiny-64 preset (64 px, 8 px patches, 6 layers of 192; a
+4-layer text transformer of 256) in CLIP's layout. Both are randomly initialised (nothing
+is downloaded) and converted to polymodal with the converter (polymodal/convert.py), so
+both sides compute the same function. Variants of ours, each against the same peer run:
+
+- fp32: the reference path (tolerance 1e-4 against the peer's embeddings);
+- bf16: autocast to bfloat16 (agreement reported as the cosine to fp32);
+- int8: dynamic int8 quantisation of every Linear layer (torch.ao; cosine to fp32).
+
+Text batches are captions of 8-20 tokens padded to the longest, as both libraries pad.
+
+    python bench/encoders.py                   # writes bench/results/encoders.json
+    python bench/encoders.py --arch tiny-64    # one architecture
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from common import THREADS, write_result
+from torch import nn
+
+from polymodal.checkpoint import load_state
+from polymodal.convert import config_from_hf, remap_clip_state
+from polymodal.models.dual_encoder import DualEncoder
+
+BATCHES = (1, 64)
+FP32_TOLERANCE = 1e-4
+
+
+def clip_configs() -> dict[str, Any]:
+    from transformers import CLIPConfig
+
+    return {
+        "clip-vit-b-32": CLIPConfig(),
+        "tiny-64": CLIPConfig(
+            text_config=dict(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                             num_attention_heads=4, max_position_embeddings=32, bos_token_id=8190,
+                             eos_token_id=8191),
+            vision_config=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=6, num_attention_heads=3,
+                               image_size=64, patch_size=8),
+            projection_dim=256),
+    }
+
+
+def build_pair(config: Any) -> tuple[nn.Module, DualEncoder]:
+    """transformers' CLIPModel with random weights, and ours holding the very same weights."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    peer = CLIPModel(config).eval()
+    ours = DualEncoder(config_from_hf(config.to_dict(), None)).eval()
+    load_state(ours, remap_clip_state(peer.state_dict()), "transformers CLIPModel")
+    return peer, ours
+
+
+def caption_batch(batch: int, vocab: int, context: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of captions of 8-20 tokens ending in the end token (the vocabulary's last
+    id, where CLIP pools), padded with 0 to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(8, min(21, context + 1), (batch,), generator=g)
+    width = int(lengths.max())
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, :n] = torch.randint(3, vocab - 2, (n,), generator=g)
+        ids[row, n - 1] = vocab - 1
+        mask[row, :n] = 1
+    return ids, mask
+
+
+def per_second(run: Callable[[], object], items: int, seconds: float = 3.0) -> float:
+    """Items per second: the median of timed calls after a warm-up, for about `seconds`."""
+    run()
+    times: list[float] = []
+    spent = 0.0
+    while spent < seconds or len(times) < 3:
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return items / statistics.median(times)
+
+
+def _peer_features(output: object) -> torch.Tensor:
+    return getattr(output, "pooler_output", output)  # transformers 5 returns a ModelOutput
+
+
+def quantised(model: DualEncoder) -> DualEncoder:
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated for torchao, still shipped
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+
+
+def measure(name: str, config: Any) -> dict[str, Any]:
+    peer, ours = build_pair(config)
+    int8 = quantised(ours)
+    size = config.vision_config.image_size
+    vocab, context = config.text_config.vocab_size, config.text_config.max_position_embeddings
+    out: dict[str, Any] = {"image_size": size, "parity": {}, "image": {}, "text": {}}
+
+    pixels = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ids, mask = caption_batch(64, vocab, context)
+    with torch.inference_mode():
+        reference_image = _peer_features(peer.get_image_features(pixel_values=pixels))
+        reference_text = _peer_features(peer.get_text_features(input_ids=ids, attention_mask=mask))
+        image = {"fp32": ours.encode_image(pixels, normalize=False),
+                 "int8": int8.encode_image(pixels, normalize=False)}
+        text = {"fp32": ours.encode_text(ids, mask, normalize=False),
+                "int8": int8.encode_text(ids, mask, normalize=False)}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            image["bf16"] = ours.encode_image(pixels, normalize=False).float()
+            text["bf16"] = ours.encode_text(ids, mask, normalize=False).float()
+    for modality, got, expected in (("image", image, reference_image), ("text", text, reference_text)):
+        parity = {"fp32_max_abs_diff": float((got["fp32"] - expected).abs().max()),
+                  "fp32_within_tolerance": bool((got["fp32"] - expected).abs().max() <= FP32_TOLERANCE)}
+        for variant in ("bf16", "int8"):
+            parity[f"{variant}_min_cosine_to_fp32"] = float(F.cosine_similarity(got[variant], got["fp32"]).min())
+            parity[f"{variant}_max_abs_diff"] = float((got[variant] - got["fp32"]).abs().max())
+        out["parity"][modality] = parity
+
+    with torch.inference_mode():  # the FLOPs of one item, to read throughput as a share of the matmul ceiling
+        out["image"]["gflop_per_item"] = gflop(lambda: ours.encode_image(pixels)) / len(pixels)
+        out["text"]["gflop_per_item"] = gflop(lambda: ours.encode_text(ids, mask)) / len(ids)
+    for batch in BATCHES:
+        p, i, m = pixels[:batch], ids[:batch], mask[:batch]
+        i = i[:, : int(m.sum(dim=1).max())]  # padded to the longest of this batch
+        m = m[:, : i.shape[1]]
+        runs: dict[str, dict[str, Callable[[], object]]] = {
+            "image": {
+                "peer": lambda p=p: peer.get_image_features(pixel_values=p),
+                "fp32": lambda p=p: ours.encode_image(p),
+                "int8": lambda p=p: int8.encode_image(p),
+                "bf16": lambda p=p: _bf16(lambda: ours.encode_image(p)),
+            },
+            "text": {
+                "peer": lambda i=i, m=m: peer.get_text_features(input_ids=i, attention_mask=m),
+                "fp32": lambda i=i, m=m: ours.encode_text(i, m),
+                "int8": lambda i=i, m=m: int8.encode_text(i, m),
+                "bf16": lambda i=i, m=m: _bf16(lambda: ours.encode_text(i, m)),
+            },
+        }
+        for modality, variants in runs.items():
+            with torch.inference_mode():
+                rates = {v: per_second(run, batch) for v, run in variants.items()}
+            row = {f"{v}_per_s": round(r, 1) for v, r in rates.items()}
+            row.update({f"{v}_over_peer": round(rates[v] / rates["peer"], 2) for v in ("fp32", "bf16", "int8")})
+            out[modality][f"batch_{batch}"] = row
+            print(name, modality, batch, row, flush=True)
+    return out
+
+
+def gflop(run: Callable[[], object]) -> float:
+    """Floating-point operations of one call (matrix products and attention, as torch counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / 1e9
+
+
+def _bf16(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return run()
+
+
+def main() -> None:
+    configs = clip_configs()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default=",".join(configs), help=f"Comma-separated, from: {', '.join(configs)}.")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    results = {"threads": THREADS, "fp32_tolerance": FP32_TOLERANCE,
+               "peer": "transformers CLIPModel.get_image_features / get_text_features (its default attention)",
+               "architectures": {name: measure(name, configs[name]) for name in args.arch.split(",")}}
+    path = write_result("encoders", results)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
