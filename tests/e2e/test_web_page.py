@@ -163,12 +163,14 @@ def test_a_fusion_model_reranks_and_shows_where_it_looks_for_each_word(explainin
         page.fill("#query", "a red circle")
         page.press("#query", "Enter")
         page.wait_for_selector("#status:has-text('(re-ranked)')")
+        assert page.text_content(".card .score").startswith("P(match) ")
         shown = [int(x) for x in page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.id)")]
         with Searcher(store) as searcher:  # the re-ranked order itself: tests/integration/test_serve_rerank.py
             plain = [h.id for h in searcher.search("a red circle", k=20)]
         assert len(shown) == 12 and set(shown) <= set(plain)  # drawn from the top 20
         page.uncheck("#rerank")  # the same search again, plain
-        page.wait_for_selector("#status:not(:has-text('re-ranked'))")
+        page.wait_for_function("() => { const s = document.getElementById('status').textContent;"
+                               " return s.includes('images for') && !s.includes('re-ranked'); }")
         assert [int(x) for x in page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.id)")] \
             == plain[:12]
         page.click(".cell >> nth=0 >> .why")

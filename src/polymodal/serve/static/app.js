@@ -42,10 +42,10 @@ function showQueryImage(src, label) {
 
 // A result: the card (click: similar items) and, after a text search on a server with a
 // fusion model, a "why?" button that shows where that model looks for each word.
-function cell(hit, best, text) {
+function cell(hit, best, text, reranked) {
   const box = document.createElement("div");
   box.className = "cell";
-  box.append(card(hit, best));
+  box.append(card(hit, best, reranked ? "P(match)" : "score"));
   if (text && state.reranker && hit.modality === "image") {
     const why = document.createElement("button");
     why.type = "button";
@@ -58,7 +58,7 @@ function cell(hit, best, text) {
   return box;
 }
 
-function card(hit, best) {
+function card(hit, best, scoreName = "score") {
   const el = document.createElement("button");
   el.type = "button";
   el.className = "card";
@@ -80,7 +80,7 @@ function card(hit, best) {
   name.textContent = hit.name;
   const score = document.createElement("div");
   score.className = "score";
-  score.textContent = `score ${hit.score.toFixed(3)}`;
+  score.textContent = `${scoreName} ${hit.score.toFixed(3)}`;
   const bar = document.createElement("div");
   bar.className = "bar";
   const fill = document.createElement("span");
@@ -100,7 +100,7 @@ function render(result, search) {
   const grid = $("results");
   grid.classList.toggle("captions", result.modality === "text");
   const best = result.hits.length ? result.hits[0].score : 1;
-  grid.replaceChildren(...result.hits.map((hit) => cell(hit, best, search.text)));
+  grid.replaceChildren(...result.hits.map((hit) => cell(hit, best, search.text, result.reranked)));
   const found = `${result.hits.length} ${result.modality === "text" ? "captions" : "images"}`;
   setStatus(result.hits.length
     ? `${found} for ${search.label} in ${result.took_ms} ms${result.reranked ? " (re-ranked)" : ""}`
