@@ -205,3 +205,43 @@ def save_tiny_fusion_model(path: Path, texts: list[str], seed: int = 0) -> Path:
                                                  preprocess=PreprocessConfig(image_size=16)))
     save_task_model(model, tokenizer, path)
     return path
+
+
+def kill_and_resume(straight: Path, killed: Path, killed_run: Path) -> None:
+    """Train config `straight` to the end; start config `killed`, SIGKILL it once its run
+    folder `killed_run` holds a checkpoint, and run it again so that it resumes. Asserts
+    each step's outcome; the caller compares the two runs' weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def command(config: Path) -> list[str]:
+        return [sys.executable, "-m", "polymodal.cli", "train", str(config), "--quiet"]
+
+    done = subprocess.run(command(straight), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    process = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (killed_run / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode != 0, "the run finished before it could be killed"
+    resumed = subprocess.run(command(killed), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def assert_same_weights(expected_dir: Path, got_dir: Path) -> None:
+    """Two model directories hold bit-identical weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    expected = load_file(str(expected_dir / "model.safetensors"))
+    got = load_file(str(got_dir / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=f"{got_dir.name}: {name}")

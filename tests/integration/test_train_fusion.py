@@ -4,16 +4,10 @@ saved fusion model reproduces the run's re-ranking validation, `polymodal eval r
 reports the gain over the dual encoder, and a killed run resumes to the same weights."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from polymodal.cli import app
@@ -24,9 +18,7 @@ from polymodal.factory import get_tokenizer, load_model
 from polymodal.task_models import load_fusion_model
 from polymodal.train.config import load_train_config
 from polymodal.train.loop import train
-from tests.helpers import TINY_MODEL, make_shapes_dataset, write_toml
-
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+from tests.helpers import TINY_MODEL, assert_same_weights, kill_and_resume, make_shapes_dataset, write_toml
 
 
 @pytest.fixture(scope="module")
@@ -91,30 +83,11 @@ def test_a_fusion_run_writes_both_models_and_its_reranking_is_reproduced(shapes:
 
 
 def test_a_killed_fusion_run_resumes_to_the_same_weights(shapes: Path, tmp_path: Path) -> None:
-    def command(config: Path) -> list[str]:
-        return [sys.executable, "-m", "polymodal.cli", "train", str(config), "--quiet"]
-
     settings = {"steps": 20, "eval_every": 10, "num_workers": 1}
-    straight = write_config(shapes, tmp_path / "straight", **settings)
-    done = subprocess.run(command(straight), env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    killed = write_config(shapes, tmp_path / "killed", **settings)
-    process = subprocess.Popen(command(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "killed" / "checkpoint.pt").exists() and process.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode != 0, "the run finished before it could be killed"
-    resumed = subprocess.run(command(killed), env=ENV, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    kill_and_resume(write_config(shapes, tmp_path / "straight", **settings),
+                    write_config(shapes, tmp_path / "killed", **settings), tmp_path / "killed")
     for folder in ("model", "dual_encoder"):
-        expected = load_file(str(tmp_path / "straight" / folder / "model.safetensors"))
-        got = load_file(str(tmp_path / "killed" / folder / "model.safetensors"))
-        assert got.keys() == expected.keys()
-        for name in expected:
-            torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=f"{folder}: {name}")
+        assert_same_weights(tmp_path / "straight" / folder, tmp_path / "killed" / folder)
 
 
 def test_fusion_configuration_mistakes_are_clear(shapes: Path, tmp_path: Path) -> None:

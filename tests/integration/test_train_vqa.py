@@ -3,16 +3,9 @@ accuracy per question type, writes a fusion model that `polymodal ask` answers w
 resumes after a kill with exactly the weights of an uninterrupted run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from polymodal.cli import app
@@ -22,9 +15,7 @@ from polymodal.errors import ConfigError
 from polymodal.task_models import load_fusion_model
 from polymodal.train.config import load_train_config
 from polymodal.train.loop import train
-from tests.helpers import TINY_MODEL, write_toml
-
-ENV = dict(os.environ, PYTHONUNBUFFERED="1")
+from tests.helpers import TINY_MODEL, assert_same_weights, kill_and_resume, write_toml
 
 
 @pytest.fixture(scope="module")
@@ -79,28 +70,9 @@ def test_a_vqa_run_learns_reports_per_type_and_writes_a_model_ask_uses(shapes: P
 
 
 def test_a_killed_vqa_run_resumes_to_the_same_weights(shapes: Path, tmp_path: Path) -> None:
-    def command(config: Path) -> list[str]:
-        return [sys.executable, "-m", "polymodal.cli", "train", str(config), "--quiet"]
-
-    straight = write_config(shapes, tmp_path / "straight", steps=30, num_workers=1)
-    done = subprocess.run(command(straight), env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    killed = write_config(shapes, tmp_path / "killed", steps=30, num_workers=1)
-    process = subprocess.Popen(command(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "killed" / "checkpoint.pt").exists() and process.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode != 0, "the run finished before it could be killed"
-    resumed = subprocess.run(command(killed), env=ENV, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    expected = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
-    got = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
-    assert got.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    kill_and_resume(write_config(shapes, tmp_path / "straight", steps=30, num_workers=1),
+                    write_config(shapes, tmp_path / "killed", steps=30, num_workers=1), tmp_path / "killed")
+    assert_same_weights(tmp_path / "straight" / "model", tmp_path / "killed" / "model")
 
 
 def test_vqa_configuration_mistakes_are_clear(shapes: Path, tmp_path: Path) -> None:
