@@ -113,6 +113,20 @@ def test_finished_runs_are_not_trained_again_and_changed_configs_are_refused(tmp
         train(load_train_config(path, ["optim.lr=0.1"]), show_progress=False)
 
 
+def test_a_checkpoint_predating_a_new_setting_still_resumes(tmp_path: Path, shapes: Path) -> None:
+    # a run written by an older polymodal lacks settings added since; at their defaults they are no change
+    path = _config(tmp_path, shapes, train={"steps": 2})
+    first = train(load_train_config(path), show_progress=False)
+    checkpoint = first.run_dir / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    del state["config"]["head"]["rerank_top"]
+    torch.save(state, checkpoint)
+    again = train(load_train_config(path), show_progress=False)
+    assert again.resumed_from == 2 and again.model_id == first.model_id
+    with pytest.raises(ConfigError, match=r"different configuration \(head.rerank_top\)"):
+        train(load_train_config(path, ["head.rerank_top=3"]), show_progress=False)
+
+
 def test_early_stopping_and_time_budget(tmp_path: Path, shapes: Path) -> None:
     val = {"kind": "captions", "file": str(shapes / "val" / "captions.jsonl"), "caption_columns": ["captions"]}
     stuck = load_train_config(_config(tmp_path, shapes, "stuck", val=val, optim={"lr": 1e-12},

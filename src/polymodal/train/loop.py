@@ -43,7 +43,7 @@ from polymodal.eval.retrieval import GREATER_IS_BETTER, oriented
 from polymodal.factory import get_transforms
 from polymodal.inference import resolve_precision
 from polymodal.train import distributed as dist_utils
-from polymodal.train.config import RESUMABLE_CHANGES, TrainConfig
+from polymodal.train.config import RESUMABLE_CHANGES, TrainConfig, load_train_config
 from polymodal.train.objectives import Objective, build_objective
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.state import load_state, rng_state, save_state, set_rng_state
@@ -159,7 +159,7 @@ class Trainer:
             shutil.rmtree(self.run_dir / folder, ignore_errors=True)
 
     def _check_same_config(self, saved: dict[str, Any]) -> None:
-        changed = [k for k in _diff(saved, to_dict(self.config)) if k not in RESUMABLE_CHANGES]
+        changed = [k for k in _diff(_with_defaults(saved), to_dict(self.config)) if k not in RESUMABLE_CHANGES]
         if changed:
             raise ConfigError(f"{self.run_dir} holds a run with a different configuration "
                               f"({', '.join(changed)}); use another output folder, or delete its "
@@ -376,6 +376,15 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not compete with the model's threads
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's configuration with the defaults of settings added since it was written,
+    so that upgrading polymodal does not make an unfinished run look reconfigured."""
+    try:
+        return to_dict(load_train_config(None, base=saved))
+    except ConfigError:  # a setting since removed or renamed: compare as saved, naming the difference
+        return saved
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
