@@ -452,7 +452,8 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
         console.print(table)
         return
     table = Table("direction", "R@1", "R@5", "R@10", "median rank", title=title)
-    rows = (("t2i", "text -> image"), ("rerank_t2i", "text -> image, re-ranked"), ("i2t", "image -> text"))
+    rows = (("t2i", "text -> image"), ("rerank_t2i", "text -> image, re-ranked"),
+            ("itm_t2i", "text -> image, by ITM alone"), ("i2t", "image -> text"))
     for direction, label in rows:
         if f"{direction}_r1" in metrics:  # a fusion run ranks text -> image only, and re-ranks it
             table.add_row(label, *(f"{metrics[f'{direction}_r{k}']:.1f}" for k in (1, 5, 10)),

@@ -276,9 +276,12 @@ def search(
     if as_json:
         print(json.dumps([h.to_dict() for h in hits], indent=2))
         return
-    table = Table("rank", "id", "score", "image" if modality == "image" else "caption", title=query or f"like {like}")
+    matched = reranker is not None  # re-ranked: ordered by both models, P(match) shown beside the cosine
+    table = Table("rank", "id", "score", *(["P(match)"] if matched else []),
+                  "image" if modality == "image" else "caption", title=query or f"like {like}")
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), str(hit.id), f"{hit.score:.3f}", hit.text if hit.modality == "text" else hit.uri)
+        table.add_row(str(rank), str(hit.id), f"{hit.score:.3f}", *([f"{hit.match or 0.0:.3f}"] if matched else []),
+                      hit.text if hit.modality == "text" else hit.uri)
     console.print(table)
 
 

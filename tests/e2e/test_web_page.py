@@ -2,6 +2,7 @@
 see results, upload an image and see similar ones, click a result, switch to captions;
 the page makes no request outside its own server."""
 
+import re
 import socket
 import threading
 import time
@@ -163,7 +164,7 @@ def test_a_fusion_model_reranks_and_shows_where_it_looks_for_each_word(explainin
         page.fill("#query", "a red circle")
         page.press("#query", "Enter")
         page.wait_for_selector("#status:has-text('(re-ranked)')")
-        assert page.text_content(".card .score").startswith("P(match) ")
+        assert re.fullmatch(r"score -?\d\.\d{3} · P\(match\) \d\.\d{3}", page.text_content(".card .score") or "")
         shown = [int(x) for x in page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.id)")]
         with Searcher(store) as searcher:  # the re-ranked order itself: tests/integration/test_serve_rerank.py
             plain = [h.id for h in searcher.search("a red circle", k=20)]
@@ -173,6 +174,7 @@ def test_a_fusion_model_reranks_and_shows_where_it_looks_for_each_word(explainin
                                " return s.includes('images for') && !s.includes('re-ranked'); }")
         assert [int(x) for x in page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.id)")] \
             == plain[:12]
+        assert "P(match)" not in (page.text_content(".card .score") or "")
         page.click(".cell >> nth=0 >> .why")
         page.wait_for_selector("#explain-status:has-text('P(match)')")
         assert page.eval_on_selector("#explain", "d => d.open")

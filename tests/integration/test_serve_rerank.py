@@ -26,7 +26,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "shapes.pm", save_tiny_fusion_model(root / "fusion", TEXTS)
 
 
-def test_a_reranked_search_reorders_the_top_candidates_by_match_probability(served: tuple[Path, Path]) -> None:
+def test_a_reranked_search_reorders_the_top_candidates_as_the_library_does(served: tuple[Path, Path]) -> None:
     store, fusion = served
     client = TestClient(create_app(SearchService(store, reranker=fusion, rerank_top=10)))
     reranker = ITMReranker(fusion)
@@ -39,6 +39,8 @@ def test_a_reranked_search_reorders_the_top_candidates_by_match_probability(serv
     assert [h["id"] for h in got["hits"]] == [h.id for h in expected]
     assert {h["id"] for h in got["hits"]} <= {h["id"] for h in plain["hits"]}  # from the top 10 only
     assert [h["score"] for h in got["hits"]] == pytest.approx([h.score for h in expected], abs=1e-6)
+    assert [h["match"] for h in got["hits"]] == pytest.approx([h.match for h in expected], abs=1e-6)
+    assert all(h["match"] is None for h in plain["hits"])  # P(match) only where the fusion model scored
     # arithmetic and caption searches cannot be re-ranked: they run plain and say so
     for params in ({"q": "red + circle"}, {"q": "a red circle", "modality": "text"}):
         answer = client.get("/api/search", params={**params, "rerank": "true"})

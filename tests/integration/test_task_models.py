@@ -140,6 +140,7 @@ def test_itm_reranking_only_reorders_the_candidates(tmp_path: Path, tokenizer: T
     from polymodal.errors import DataError
     from polymodal.index.api import index
     from polymodal.index.pipeline import IndexOptions
+    from polymodal.index.reader import image_ref
     from polymodal.index.rerank import ITMReranker
     from polymodal.index.search import Searcher
     from tests.helpers import save_tiny_model
@@ -159,12 +160,23 @@ def test_itm_reranking_only_reorders_the_candidates(tmp_path: Path, tokenizer: T
         reranked = searcher.search("a red circle", k=8, reranker=reranker, rerank_top=8)
         top3 = searcher.search("a red circle", k=3, reranker=reranker, rerank_top=8)
         assert sorted(h.id for h in reranked) == sorted(h.id for h in plain)  # the same candidates
-        probabilities = reranker.scores("a red circle", plain)
-        by_id = {h.id: float(p) for h, p in zip(plain, probabilities, strict=True)}
-        assert [h.score for h in reranked] == pytest.approx([by_id[h.id] for h in reranked])
-        assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+        log_odds = reranker.log_odds("a red circle", [image_ref(h).read_bytes() for h in plain])
+        scale = float(searcher.model.model.logit_params()[0].detach())
+        # ordered by ITM log-odds + logit scale x cosine; each hit keeps its cosine and gains P(match)
+        combined = {h.id: float(lo) + scale * h.score for h, lo in zip(plain, log_odds, strict=True)}
+        assert [h.id for h in reranked] == sorted(combined, key=lambda i: -combined[i])
+        cosine = {h.id: h.score for h in plain}
+        assert [h.score for h in reranked] == pytest.approx([cosine[h.id] for h in reranked])
+        by_id = {h.id: float(1 / (1 + np.exp(-lo))) for h, lo in zip(plain, log_odds, strict=True)}
+        assert [h.match for h in reranked] == pytest.approx([by_id[h.id] for h in reranked])
+        assert all(h.match is None for h in plain)
         assert [h.id for h in top3] == [h.id for h in reranked[:3]]
         assert [h.id for h in reranked] != [h.id for h in plain]  # it did reorder (random weights)
+        # a head that cannot tell the images apart leaves the dual encoder's order
+        blind = ITMReranker(fusion_dir)
+        blind.log_odds = lambda text, images: np.full(len(images), 2.5)  # type: ignore[method-assign]
+        unchanged = searcher.search("a red circle", k=8, reranker=blind, rerank_top=8)
+        assert [h.id for h in unchanged] == [h.id for h in plain]
         for bad in ("red + circle", str(photos / "p1.png")):
             with pytest.raises(DataError, match="plain text"):
                 searcher.search(bad, k=3, reranker=reranker, rerank_top=8)

@@ -1,13 +1,20 @@
 """Text→image retrieval re-ranked by a fusion model's image-text matching (ITM) head,
 measured against the dual encoder alone on the same queries.
 
-Each caption's top N images by the dual encoder are re-scored with P(match) from the ITM
-head and put first in that order (ties keep the dual encoder's order); the rest keep the
-dual encoder's order. Re-ranking only moves positives that are already in the top N, so
-R@N does not change and the dual encoder's R@N (`candidate_recall`) is the ceiling of
-every re-ranked R@K.
+Each caption's top N images by the dual encoder are re-scored and put first in that order
+(ties keep the dual encoder's order); the rest keep the dual encoder's order. The score of
+a candidate is the sum of the two models' logits, as ALBEF's retrieval adds the ITM score
+to the contrastive similarity (Li et al. 2021):
 
-    metrics = rerank_metrics(scores, positives, top_n, match)        # pure, no model
+    score = ITM log-odds (log P(match) / P(mismatch)) + logit_scale × cosine
+
+so a head that has learned nothing (constant log-odds) leaves the dual encoder's order as
+it is, and a head that is sure overrides it. Re-ranking only moves positives that are
+already in the top N, so R@N does not change and the dual encoder's R@N
+(`candidate_recall`) is the ceiling of every re-ranked R@K. The metrics also rank the
+candidates by the ITM head alone (`itm_t2i_*`), which shows what the head knows by itself.
+
+    metrics = rerank_metrics(scores, positives, top_n, log_odds, dual_weight)  # pure, no model
     evaluation = evaluate_rerank("runs/fusion/dual_encoder", "runs/fusion/model",
                                  "recipes/eval/flickr8k-test.toml", top_n=20)
 """
@@ -35,7 +42,7 @@ from polymodal.tokenizer import TokenBatch, Tokenizer
 KS = (1, 5, 10)
 PRIMARY_METRIC = "rerank_mean_recall"  # mean of the re-ranked text→image R@1/5/10
 
-Match = Callable[[np.ndarray], np.ndarray]  # (Q, n) candidate image indices -> (Q, n) P(match)
+Match = Callable[[np.ndarray], np.ndarray]  # (Q, n) candidate image indices -> (Q, n) ITM log-odds
 
 
 def top_candidates(scores: np.ndarray, n: int) -> np.ndarray:
@@ -43,38 +50,51 @@ def top_candidates(scores: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :n]
 
 
-def reranked_scores(scores: np.ndarray, top: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Scores that rank each row's candidates `top` first, by `probabilities` (ties: the
+def reranked_scores(scores: np.ndarray, top: np.ndarray, candidate_scores: np.ndarray) -> np.ndarray:
+    """Scores that rank each row's candidates `top` first, by `candidate_scores` (ties: the
     order of `top`), and every other item after them in the original order. Integer steps
     between the candidates, so that no two of them tie."""
     q, n = top.shape
-    order = np.lexsort((np.broadcast_to(np.arange(n), (q, n)), -probabilities), axis=1)  # by -p, then position
+    order = np.lexsort((np.broadcast_to(np.arange(n), (q, n)), -candidate_scores), axis=1)  # by score, then position
     ranked = np.take_along_axis(top, order, axis=1)
     out = scores.astype(np.float64) - float(scores.max()) - 1.0  # everything else: at most -1, order kept
     np.put_along_axis(out, ranked, np.broadcast_to(np.arange(n, 0, -1, dtype=np.float64), (q, n)), axis=1)
     return out
 
 
-def rerank_metrics(scores: np.ndarray, positives: np.ndarray, top_n: int, match: Match) -> dict[str, float]:
-    """Text→image R@1/5/10 and median rank of the dual encoder's `scores` (queries × images)
-    and after re-ranking each query's top `top_n` with `match`; recalls in percent."""
+def combined_scores(scores: np.ndarray, top: np.ndarray, log_odds: np.ndarray, dual_weight: float) -> np.ndarray:
+    """(Q, n) re-ranking scores of the candidates `top`: the ITM log-odds plus `dual_weight`
+    (the dual encoder's logit scale) times their dual-encoder scores."""
+    return log_odds + dual_weight * np.take_along_axis(scores, top, axis=1).astype(np.float64)
+
+
+def rerank_metrics(scores: np.ndarray, positives: np.ndarray, top_n: int, match: Match,
+                   dual_weight: float) -> dict[str, float]:
+    """Text→image R@1/5/10 and median rank of the dual encoder's `scores` (queries × images),
+    after re-ranking each query's top `top_n` by `match` (the ITM log-odds of the candidates)
+    plus `dual_weight` × their scores, and with the ITM log-odds alone; recalls in percent."""
     if scores.shape != positives.shape or scores.ndim != 2 or not scores.size:
         raise ValueError(f"scores {scores.shape} and positives {positives.shape} must be one non-empty (Q, N) shape")
     if top_n < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
     top = top_candidates(scores, min(top_n, scores.shape[1]))
-    probabilities = np.asarray(match(top), dtype=np.float64)
-    if probabilities.shape != top.shape:
-        raise ValueError(f"match returned {probabilities.shape}, expected {top.shape}")
-    before, after = Ranking(scores, positives), Ranking(reranked_scores(scores, top, probabilities), positives)
+    log_odds = np.asarray(match(top), dtype=np.float64)
+    if log_odds.shape != top.shape:
+        raise ValueError(f"match returned {log_odds.shape}, expected {top.shape}")
+    rankings = {
+        "t2i": Ranking(scores, positives),
+        "rerank_t2i": Ranking(reranked_scores(scores, top, combined_scores(scores, top, log_odds, dual_weight)),
+                              positives),
+        "itm_t2i": Ranking(reranked_scores(scores, top, log_odds), positives),
+    }
     metrics: dict[str, float] = {}
-    for name, ranking in (("t2i", before), ("rerank_t2i", after)):
+    for name, ranking in rankings.items():
         for k in KS:
             metrics[f"{name}_r{k}"] = 100.0 * float(ranking.recall_at(k).mean())
         metrics[f"{name}_median_rank"] = float(np.median(ranking.first_positive_rank()))
     for k in KS:
         metrics[f"gain_r{k}"] = metrics[f"rerank_t2i_r{k}"] - metrics[f"t2i_r{k}"]
-    metrics["candidate_recall"] = 100.0 * float(before.recall_at(top.shape[1]).mean())
+    metrics["candidate_recall"] = 100.0 * float(rankings["t2i"].recall_at(top.shape[1]).mean())
     metrics[PRIMARY_METRIC] = float(np.mean([metrics[f"rerank_t2i_r{k}"] for k in KS]))
     return metrics
 
@@ -93,9 +113,9 @@ def image_tokens(fusion: FusionModel, records: Sequence[PairRecord], batch_size:
 
 
 @torch.no_grad()
-def itm_probabilities(fusion: FusionModel, tokens: TokenBatch, images: torch.Tensor, top: np.ndarray,
-                      batch_size: int = 256, dtype: torch.dtype | None = None) -> np.ndarray:
-    """P(match) of query q's text (row q of `tokens`) with image top[q, j] (row of `images`)."""
+def itm_log_odds(fusion: FusionModel, tokens: TokenBatch, images: torch.Tensor, top: np.ndarray,
+                 batch_size: int = 256, dtype: torch.dtype | None = None) -> np.ndarray:
+    """The ITM log-odds of query q's text (row q of `tokens`) with image top[q, j] (row of `images`)."""
     device = model_device(fusion)
     queries = torch.from_numpy(np.repeat(np.arange(top.shape[0]), top.shape[1]))
     candidates = torch.from_numpy(top.reshape(-1).astype(np.int64))
@@ -103,10 +123,15 @@ def itm_probabilities(fusion: FusionModel, tokens: TokenBatch, images: torch.Ten
     for start in range(0, len(queries), batch_size):
         q, i = queries[start:start + batch_size], candidates[start:start + batch_size]
         with autocast(device, dtype):
-            p = fusion.match_probability(tokens.input_ids[q].to(device), tokens.attention_mask[q].to(device),
-                                         images[i.to(images.device)])
-        out.append(p.float().cpu())
+            logit = fusion.match_logit(tokens.input_ids[q].to(device), tokens.attention_mask[q].to(device),
+                                       images[i.to(images.device)])
+        out.append(logit.float().cpu())
     return torch.cat(out).numpy().reshape(top.shape)
+
+
+def dual_logit_scale(dual: DualEncoder) -> float:
+    """What turns the dual encoder's cosines into its logits (CLIP's learned temperature)."""
+    return float(dual.logit_params()[0].detach())
 
 
 @dataclass
@@ -148,7 +173,8 @@ def rerank_pair_set(dual: DualEncoder, dual_tokenizer: Tokenizer, fusion: Fusion
         tokens = fusion_tokenizer([embedded.texts[i] for i in query_rows])
         start = time.perf_counter()
         metrics = rerank_metrics(scores, positives, top_n,
-                                 lambda top: itm_probabilities(fusion, tokens, images, top, dtype=dtype))
+                                 lambda top: itm_log_odds(fusion, tokens, images, top, dtype=dtype),
+                                 dual_logit_scale(dual))
         fusion_seconds = time.perf_counter() - start
     finally:
         dual.train(was_training[0])
@@ -185,7 +211,8 @@ def evaluate_rerank(dual_dir: str | Path, fusion_dir: str | Path, data: str, top
         skipped=result.skipped + sorted(pairs.dropped.items()),
         metric_groups={
             "dual encoder": [f"t2i_r{k}" for k in KS] + ["t2i_median_rank", "candidate_recall"],
-            "re-ranked": [f"rerank_t2i_r{k}" for k in KS] + ["rerank_t2i_median_rank"],
+            "re-ranked (ITM + dual encoder)": [f"rerank_t2i_r{k}" for k in KS] + ["rerank_t2i_median_rank"],
+            "re-ranked by ITM alone": [f"itm_t2i_r{k}" for k in KS] + ["itm_t2i_median_rank"],
             "gain (points)": [f"gain_r{k}" for k in KS],
             "summary": [PRIMARY_METRIC],
         })

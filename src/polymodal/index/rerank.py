@@ -9,7 +9,10 @@ re-scores the top N candidates:
     hits = searcher.search("a dog on a beach", k=10, reranker=reranker, rerank_top=50)
 
 Re-ranking only reorders the candidates: every result was among the first N of the plain
-search. The score of a re-ranked hit is P(match) from the ITM head.
+search. They are ordered by the sum of the two models' logits, as ALBEF's retrieval does
+(eval/rerank.py): the ITM log-odds plus the dual encoder's logit scale times the cosine, so a
+head unsure of a pair leaves the dual encoder's order. A re-ranked hit keeps its cosine as
+`score` and carries P(match) from the ITM head as `match`.
 """
 
 from __future__ import annotations
@@ -41,26 +44,28 @@ class ITMReranker:
         self.device = device
         self.batch_size = batch_size
 
-    def scores(self, text: str, hits: list[Hit]) -> np.ndarray:
-        """P(`text` describes the image) for each image hit."""
-        if any(h.modality != "image" for h in hits):
-            raise DataError("ITM re-ranking scores images: search with modality image")
-        return self.match(text, [image_ref(h).read_bytes() for h in hits])
-
     @torch.no_grad()
-    def match(self, text: str, images: list[bytes]) -> np.ndarray:
-        """P(`text` describes the image) for each encoded image."""
+    def log_odds(self, text: str, images: list[bytes]) -> np.ndarray:
+        """The ITM head's log-odds that `text` describes the image, for each encoded image."""
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             pixels = torch.stack([self.transform(data) for data in chunk]).to(self.device)
             tokens = self.tokenizer([text] * len(chunk)).to(self.device)
             image = self.model.image_tokens(pixels)
-            out.append(self.model.match_probability(tokens.input_ids, tokens.attention_mask, image).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+            out.append(self.model.match_logit(tokens.input_ids, tokens.attention_mask, image).float().cpu())
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0, np.float64)
 
-    def rerank(self, text: str, hits: list[Hit]) -> list[Hit]:
-        """The same hits, ordered by P(match) (ties keep the dual encoder's order)."""
-        probabilities = self.scores(text, hits)
-        order = sorted(range(len(hits)), key=lambda i: (-float(probabilities[i]), i))
-        return [replace(hits[i], score=float(probabilities[i])) for i in order]
+    def match(self, text: str, images: list[bytes]) -> np.ndarray:
+        """P(`text` describes the image) for each encoded image."""
+        return 1.0 / (1.0 + np.exp(-self.log_odds(text, images)))
+
+    def rerank(self, text: str, hits: list[Hit], dual_weight: float) -> list[Hit]:
+        """The same image hits, ordered by ITM log-odds + `dual_weight` × cosine (the dual
+        encoder's logit scale; ties keep its order), each with its P(match)."""
+        if any(h.modality != "image" for h in hits):
+            raise DataError("ITM re-ranking scores images: search with modality image")
+        log_odds = self.log_odds(text, [image_ref(h).read_bytes() for h in hits])
+        combined = [float(log_odds[i]) + dual_weight * hit.score for i, hit in enumerate(hits)]
+        order = sorted(range(len(hits)), key=lambda i: (-combined[i], i))
+        return [replace(hits[i], match=float(1.0 / (1.0 + np.exp(-log_odds[i])))) for i in order]

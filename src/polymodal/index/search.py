@@ -45,6 +45,7 @@ class Hit:
     modality: str
     text: str | None
     metadata: dict[str, Any]
+    match: float | None = None  # P(match) from a fusion model's ITM head, when it re-ranked this hit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +89,8 @@ class Searcher:
     def search(self, query: str, k: int = 10, modality: str = "image", where: Filter = Filter(),
                reranker: ITMReranker | None = None, rerank_top: int = 50) -> list[Hit]:
         """Top-k items of `modality` for a query string (text, image paths, arithmetic).
-        With a `reranker`, the top `rerank_top` images are re-scored by its ITM head."""
+        With a `reranker`, the top `rerank_top` images are re-ordered by its ITM log-odds
+        plus the query model's logits (index/rerank.py)."""
         if reranker is None:
             return self.search_vector(self.query_vector(query), k, modality, where)
         if not rerankable(query, modality):
@@ -96,7 +98,8 @@ class Searcher:
         if rerank_top < k:
             raise DataError(f"re-rank at least k={k} candidates, got {rerank_top}")
         candidates = self.search_vector(self.query_vector(query), rerank_top, modality, where)
-        return reranker.rerank(parse_query(query)[0].text, candidates)[:k]
+        scale, _ = self._model().model.logit_params()
+        return reranker.rerank(parse_query(query)[0].text, candidates, float(scale.detach()))[:k]
 
     def more_like(self, ids: list[int], k: int = 10, modality: str = "image", where: Filter = Filter(),
                   include_given: bool = False) -> list[Hit]:

@@ -160,9 +160,15 @@ class FusionModel(nn.Module):
     def fuse(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> FusionOutput:
         return self.encoder(ids, mask, image_tokens)
 
+    def match_logit(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> Tensor:
+        """(B,) the ITM head's log-odds that the caption describes the image: match minus
+        mismatch logit, so that sigmoid(match_logit) = P(match)."""
+        logits = self.itm(self.fuse(ids, mask, image_tokens).pooled)
+        return logits[:, 1] - logits[:, 0]
+
     def match_probability(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> Tensor:
         """(B,) P(the caption describes the image), from the ITM head."""
-        return self.itm(self.fuse(ids, mask, image_tokens).pooled).softmax(dim=-1)[:, 1]
+        return torch.sigmoid(self.match_logit(ids, mask, image_tokens).float())
 
     def answer_logits(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> Tensor:
         if self.vqa is None:

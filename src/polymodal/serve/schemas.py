@@ -18,6 +18,8 @@ class HitOut(BaseModel):
     image_id: int | None = Field(default=None, description="For a caption: the id of its image, when indexed.")
     thumbnail: str | None = Field(default=None, description="URL of the thumbnail of an image item.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    match: float | None = Field(default=None, description="P(the query describes the image) from the fusion "
+                                                          "model's ITM head, when it re-ranked the hits.")
 
 
 class SearchOut(BaseModel):
@@ -26,8 +28,9 @@ class SearchOut(BaseModel):
     k: int
     took_ms: float
     hits: list[HitOut]
-    reranked: bool = Field(default=False, description="Whether the fusion model re-ranked the hits; their scores "
-                                                      "are then P(match) from its ITM head.")
+    reranked: bool = Field(default=False, description="Whether the fusion model re-ranked the hits: they are then "
+                                                      "ordered by its ITM log-odds plus the dual encoder's logit, "
+                                                      "and each carries `match`.")
 
 
 class ExplainOut(BaseModel):

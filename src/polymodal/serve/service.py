@@ -168,7 +168,8 @@ class SearchService:
         return HitOut(id=hit.id, score=round(hit.score, 6), modality=cast(Modality, hit.modality),
                       name=hit.text or "" if hit.modality == "text" else _name(hit.uri), text=hit.text,
                       image_id=image_id, thumbnail=_thumbnail_url(hit.id if hit.modality == "image" else image_id),
-                      metadata=_public_metadata(hit.metadata))
+                      metadata=_public_metadata(hit.metadata),
+                      match=None if hit.match is None else round(hit.match, 6))
 
     # ----------------------------------------------------------------- items
 

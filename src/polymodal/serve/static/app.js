@@ -42,10 +42,10 @@ function showQueryImage(src, label) {
 
 // A result: the card (click: similar items) and, after a text search on a server with a
 // fusion model, a "why?" button that shows where that model looks for each word.
-function cell(hit, best, text, reranked) {
+function cell(hit, best, text) {
   const box = document.createElement("div");
   box.className = "cell";
-  box.append(card(hit, best, reranked ? "P(match)" : "score"));
+  box.append(card(hit, best));
   if (text && state.reranker && hit.modality === "image") {
     const why = document.createElement("button");
     why.type = "button";
@@ -58,7 +58,7 @@ function cell(hit, best, text, reranked) {
   return box;
 }
 
-function card(hit, best, scoreName = "score") {
+function card(hit, best) {
   const el = document.createElement("button");
   el.type = "button";
   el.className = "card";
@@ -80,7 +80,9 @@ function card(hit, best, scoreName = "score") {
   name.textContent = hit.name;
   const score = document.createElement("div");
   score.className = "score";
-  score.textContent = `${scoreName} ${hit.score.toFixed(3)}`;
+  // re-ranked hits are ordered by both models together; each shows its cosine and P(match)
+  score.textContent = `score ${hit.score.toFixed(3)}` +
+    (hit.match != null ? ` · P(match) ${hit.match.toFixed(3)}` : "");
   const bar = document.createElement("div");
   bar.className = "bar";
   const fill = document.createElement("span");
@@ -99,8 +101,8 @@ function card(hit, best, scoreName = "score") {
 function render(result, search) {
   const grid = $("results");
   grid.classList.toggle("captions", result.modality === "text");
-  const best = result.hits.length ? result.hits[0].score : 1;
-  grid.replaceChildren(...result.hits.map((hit) => cell(hit, best, search.text, result.reranked)));
+  const best = result.hits.length ? Math.max(...result.hits.map((hit) => hit.score)) : 1;
+  grid.replaceChildren(...result.hits.map((hit) => cell(hit, best, search.text)));
   const found = `${result.hits.length} ${result.modality === "text" ? "captions" : "images"}`;
   setStatus(result.hits.length
     ? `${found} for ${search.label} in ${result.took_ms} ms${result.reranked ? " (re-ranked)" : ""}`
