@@ -358,10 +358,16 @@ def eval_rerank(
     if precision not in ("auto", "fp32", "bf16"):
         raise PolymodalError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     device = device or "cpu"
-    evaluation = evaluate_rerank(dual_encoder, reranker, data, top, device=device,
-                                 dtype=resolve_precision(precision, torch.device(device)))
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        job = bar.add_task("loading", total=None)
+        evaluation = evaluate_rerank(dual_encoder, reranker, data, top, device=device,
+                                     dtype=resolve_precision(precision, torch.device(device)),
+                                     progress=lambda stage, done, total: bar.update(job, description=stage,
+                                                                                    completed=done, total=total))
     report = write_report(evaluation, out or default_out("rerank", reranker, data), plots=False)
     _print_evaluation(evaluation, report, data)
     console.print(f"re-ranking the top {top} adds {evaluation.info['added_ms_per_query']} ms per query")

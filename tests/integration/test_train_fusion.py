@@ -57,9 +57,15 @@ def test_a_fusion_run_writes_both_models_and_its_reranking_is_reproduced(shapes:
     dual_dir = tmp_path / "run" / "dual_encoder"
     fusion, fusion_tokenizer = load_fusion_model(result.model_dir)
     assert config.val is not None
+    stages: dict[str, list[tuple[int, int]]] = {}
     again = rerank_pair_set(load_model(dual_dir), get_tokenizer(dual_dir), fusion, fusion_tokenizer,
-                            load_source(config.val), top_n=5, first_caption_only=True)
+                            load_source(config.val), top_n=5, first_caption_only=True,
+                            progress=lambda stage, done, total: stages.setdefault(stage, []).append((done, total)))
     assert again.metrics == pytest.approx(result.metrics)
+    # progress: the three stages in order, each counting up to its total (24 images; 24 queries x top 5)
+    assert list(stages) == ["dual encoder: images", "fusion model: images", "fusion model: ITM"]
+    assert [steps[-1] for steps in stages.values()] == [(24, 24), (24, 24), (120, 120)]
+    assert all(a[0] < b[0] for steps in stages.values() for a, b in zip(steps, steps[1:], strict=False))
     assert again.queries == 24 and again.images == 24
     # the fusion model's copy of the image tower is the dual encoder's
     visual = load_model(dual_dir).visual.state_dict()

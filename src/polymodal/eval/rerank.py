@@ -31,7 +31,7 @@ import torch
 
 from polymodal.data.records import PairRecord, PairSet
 from polymodal.errors import DataError
-from polymodal.eval.embed import embed_pair_set, pixel_batches
+from polymodal.eval.embed import Progress, embed_pair_set, pixel_batches
 from polymodal.eval.metrics import Ranking
 from polymodal.eval.report import Evaluation
 from polymodal.inference import TextFeatureCache, autocast, model_device
@@ -43,6 +43,7 @@ KS = (1, 5, 10)
 PRIMARY_METRIC = "rerank_mean_recall"  # mean of the re-ranked text→image R@1/5/10
 
 Match = Callable[[np.ndarray], np.ndarray]  # (Q, n) candidate image indices -> (Q, n) ITM log-odds
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def top_candidates(scores: np.ndarray, n: int) -> np.ndarray:
@@ -101,20 +102,23 @@ def rerank_metrics(scores: np.ndarray, positives: np.ndarray, top_n: int, match:
 
 @torch.no_grad()
 def image_tokens(fusion: FusionModel, records: Sequence[PairRecord], batch_size: int = 64,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
+                 dtype: torch.dtype | None = None, progress: Progress | None = None) -> torch.Tensor:
     """(N, M, W) the vision tower's tokens of each record's image, on the model's device."""
     assert fusion.model_config is not None
     device = model_device(fusion)
-    out = []
+    out: list[torch.Tensor] = []
     for _, pixels in pixel_batches(records, fusion.model_config.preprocess, batch_size, device):
         with autocast(device, dtype):
             out.append(fusion.image_tokens(pixels).float())
+        if progress is not None:
+            progress(sum(len(t) for t in out), len(records))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def itm_log_odds(fusion: FusionModel, tokens: TokenBatch, images: torch.Tensor, top: np.ndarray,
-                 batch_size: int = 256, dtype: torch.dtype | None = None) -> np.ndarray:
+                 batch_size: int = 256, dtype: torch.dtype | None = None,
+                 progress: Progress | None = None) -> np.ndarray:
     """The ITM log-odds of query q's text (row q of `tokens`) with image top[q, j] (row of `images`)."""
     device = model_device(fusion)
     queries = torch.from_numpy(np.repeat(np.arange(top.shape[0]), top.shape[1]))
@@ -126,6 +130,8 @@ def itm_log_odds(fusion: FusionModel, tokens: TokenBatch, images: torch.Tensor, 
             logit = fusion.match_logit(tokens.input_ids[q].to(device), tokens.attention_mask[q].to(device),
                                        images[i.to(images.device)])
         out.append(logit.float().cpu())
+        if progress is not None:
+            progress(min(start + batch_size, len(queries)), len(queries))
     return torch.cat(out).numpy().reshape(top.shape)
 
 
@@ -146,17 +152,21 @@ class RerankResult:
 
 def rerank_pair_set(dual: DualEncoder, dual_tokenizer: Tokenizer, fusion: FusionModel, fusion_tokenizer: Tokenizer,
                     pairs: PairSet, top_n: int, first_caption_only: bool = False, dtype: torch.dtype | None = None,
-                    text_cache: TextFeatureCache | None = None) -> RerankResult:
+                    text_cache: TextFeatureCache | None = None, progress: StageProgress | None = None) -> RerankResult:
     """Rank the images of `pairs` for every caption (or each image's first caption) with
-    the dual encoder, re-rank the top `top_n` with the fusion model, and time the re-ranking."""
+    the dual encoder, re-rank the top `top_n` with the fusion model, and time the re-ranking.
+    `progress(stage, done, total)` follows the three stages."""
     from polymodal.factory import get_transforms
 
     was_training = dual.training, fusion.training
     dual.eval()
     fusion.eval()
     try:
+        def stage(name: str) -> Progress | None:
+            return None if progress is None else lambda done, total: progress(name, done, total)
+
         embedded = embed_pair_set(dual, dual_tokenizer, pairs, get_transforms(dual.config), dtype=dtype,
-                                  text_cache=text_cache)
+                                  text_cache=text_cache, progress=stage("dual encoder: images"))
         kept = set(embedded.image_keys)
         records = [r for r in pairs.records if r.key in kept]
         query_rows = np.arange(len(embedded.texts))
@@ -168,12 +178,13 @@ def rerank_pair_set(dual: DualEncoder, dual_tokenizer: Tokenizer, fusion: Fusion
         positives = embedded.text_groups[query_rows, None] == embedded.image_groups[None, :]
 
         start = time.perf_counter()
-        images = image_tokens(fusion, records, dtype=dtype)
+        images = image_tokens(fusion, records, dtype=dtype, progress=stage("fusion model: images"))
         vision_seconds = time.perf_counter() - start
         tokens = fusion_tokenizer([embedded.texts[i] for i in query_rows])
         start = time.perf_counter()
         metrics = rerank_metrics(scores, positives, top_n,
-                                 lambda top: itm_log_odds(fusion, tokens, images, top, dtype=dtype),
+                                 lambda top: itm_log_odds(fusion, tokens, images, top, dtype=dtype,
+                                                          progress=stage("fusion model: ITM")),
                                  dual_logit_scale(dual))
         fusion_seconds = time.perf_counter() - start
     finally:
@@ -184,7 +195,7 @@ def rerank_pair_set(dual: DualEncoder, dual_tokenizer: Tokenizer, fusion: Fusion
 
 
 def evaluate_rerank(dual_dir: str | Path, fusion_dir: str | Path, data: str, top_n: int = 20, device: str = "cpu",
-                    dtype: torch.dtype | None = None) -> Evaluation:
+                    dtype: torch.dtype | None = None, progress: StageProgress | None = None) -> Evaluation:
     from polymodal.eval.runner import load_data
     from polymodal.factory import get_tokenizer, load_model
     from polymodal.task_models import load_fusion_model
@@ -195,7 +206,8 @@ def evaluate_rerank(dual_dir: str | Path, fusion_dir: str | Path, data: str, top
     pairs = load_data(data)
     if not pairs.records:
         raise DataError(f"{data}: no images with captions")
-    result = rerank_pair_set(dual, dual_tokenizer, fusion, fusion_tokenizer, pairs, top_n, dtype=dtype)
+    result = rerank_pair_set(dual, dual_tokenizer, fusion, fusion_tokenizer, pairs, top_n, dtype=dtype,
+                             progress=progress)
     per_query = result.fusion_ms_per_query + min(top_n, result.images) * result.vision_ms_per_image
     return Evaluation(
         "rerank", result.metrics, PRIMARY_METRIC,
