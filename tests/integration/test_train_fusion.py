@@ -104,6 +104,8 @@ def test_fusion_configuration_mistakes_are_clear(shapes: Path, tmp_path: Path) -
         load_train_config(config, ["train.accum_steps=2"])
     with pytest.raises(ConfigError, match="loss weights"):
         load_train_config(config, ["head.itm_weight=-1"])
+    with pytest.raises(ConfigError, match="itm_negative_temperature"):
+        load_train_config(config, ["head.itm_negative_temperature=0"])
     resnet = tmp_path / "resnet.json"
     resnet.write_text(json.dumps({**TINY_MODEL, "vision": {"kind": "resnet", "image_size": 32, "widths": [16, 32],
                                                            "depths": [1, 1]}}))

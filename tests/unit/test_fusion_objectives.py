@@ -78,6 +78,9 @@ def test_hard_negatives_follow_the_similarities_and_skip_positives() -> None:
     same_text[0, 1] = same_text[1, 0] = True
     excluded = [sample_hard_negatives(similarity, generator=g, not_negative=same_text) for _ in range(100)]
     assert all(t[0] != 1 and t[1] != 0 and i[0] != 1 and i[1] != 0 for t, i in excluded)
+    # a high temperature flattens the draw: image 0 gets caption 1 about 1/3 of the time, not 99%
+    flat = torch.stack([sample_hard_negatives(similarity, temperature=1e4, generator=g)[0] for _ in range(600)])
+    assert 0.25 < (flat[:, 0] == 1).float().mean() < 0.42
 
 
 def test_itm_targets_and_masked_patches() -> None:

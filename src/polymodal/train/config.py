@@ -95,7 +95,10 @@ class HeadSection:
     word-level vocabulary keeps the words seen at least `min_word_count` times in training.
     A fusion run adds the weighted ITM, MLM and (single layout) masked-patch losses to the
     contrastive loss, and validates by re-ranking each image's first caption's top
-    `rerank_top` images."""
+    `rerank_top` images. ITM's negatives are drawn with weights softmax(logit / T), the
+    dual encoder's logits over the batch, T = `itm_negative_temperature`: 1 is ALBEF's
+    hard negatives; a larger T draws more uniformly (easier negatives, fewer false ones
+    where many captions describe each other's images)."""
 
     layout: Literal["cross", "single"] = "cross"  # vqa, fusion
     width: int = 256
@@ -107,6 +110,7 @@ class HeadSection:
     mlm_weight: float = 1.0
     mpm_weight: float = 1.0
     rerank_top: int = 10
+    itm_negative_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if min(self.width, self.layers, self.heads, self.min_word_count, self.rerank_top) < 1 \
@@ -115,6 +119,8 @@ class HeadSection:
                               "heads, context_length >= 3")
         if min(self.itm_weight, self.mlm_weight, self.mpm_weight) < 0:
             raise ConfigError("head: the loss weights must be >= 0")
+        if not self.itm_negative_temperature > 0:
+            raise ConfigError("head.itm_negative_temperature must be > 0")
 
 
 @dataclass(frozen=True)

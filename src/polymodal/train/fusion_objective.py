@@ -83,6 +83,7 @@ class FusionObjective(Objective):
         self.texts = train_pairs.captions()
         self.weights = {"itm": head.itm_weight, "mlm": head.mlm_weight, "mpm": head.mpm_weight}
         self.rerank_top = head.rerank_top
+        self.negative_temperature = head.itm_negative_temperature
         self.last_losses: dict[str, float] = {}
 
     def backward(self, batch: Batch, chunks: int, dtype: torch.dtype | None) -> float:
@@ -96,7 +97,8 @@ class FusionObjective(Objective):
                                  task.encode_captions(batch.caption_ids))
             assert output.image_embeds is not None and output.text_embeds is not None
             similarity = output.logit_scale * output.image_embeds.float() @ output.text_embeds.float().t()
-            parts = joint_losses(self.fusion, features.tokens, tokens, similarity.detach(), groups)
+            parts = joint_losses(self.fusion, features.tokens, tokens, similarity.detach(), groups,
+                                 negative_temperature=self.negative_temperature)
         contrastive = self.contrastive.loss_fn(output, groups)
         loss = contrastive + sum(self.weights[name] * value for name, value in parts.items())
         loss.backward()

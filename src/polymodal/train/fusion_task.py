@@ -30,11 +30,13 @@ from polymodal.tokenizer import TokenBatch
 
 def joint_losses(model: FusionModel, image: Tensor, tokens: TokenBatch, similarity: Tensor,
                  groups: Tensor | None = None, special_ids: tuple[int, ...] = (0, 1, 2),
-                 generator: torch.Generator | None = None, mask_share: float = 0.4) -> dict[str, Tensor]:
+                 generator: torch.Generator | None = None, mask_share: float = 0.4,
+                 negative_temperature: float = 1.0) -> dict[str, Tensor]:
     """Image-text matching with hard negatives, masked language modelling conditioned on
     the image, and (single stream) masked patch modelling. `image` holds the vision tower's
     tokens of the batch's images (B, M, W), so that a caller training the tower with another
-    loss too runs it once."""
+    loss too runs it once. ITM's negatives are drawn from softmax(similarity /
+    `negative_temperature`)."""
     ids, mask = tokens.input_ids, tokens.attention_mask
     batch = ids.shape[0]
 
@@ -42,8 +44,8 @@ def joint_losses(model: FusionModel, image: Tensor, tokens: TokenBatch, similari
     # Two images with the very same caption are no negatives of each other: the label would be
     # wrong for one of them (short captions repeat: "a dog", an emoji name used twice).
     same_text = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
-    text_for_image, image_for_text = sample_hard_negatives(similarity, groups, generator=generator,
-                                                           not_negative=same_text)
+    text_for_image, image_for_text = sample_hard_negatives(similarity, groups, negative_temperature,
+                                                           generator=generator, not_negative=same_text)
     pair_ids = torch.cat([ids, ids[text_for_image], ids])
     pair_mask = torch.cat([mask, mask[text_for_image], mask])
     pair_image = torch.cat([image, image, image[image_for_text]])
