@@ -29,12 +29,12 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def write_config(root: Path, output: Path, **train: object) -> Path:
+def write_config(root: Path, output: Path, head: dict[str, object] | None = None, **train: object) -> Path:
     source = {"kind": "captions", "file": str(root / "data" / "captions.jsonl"), "caption_columns": ["captions"]}
     return write_toml(output.parent / f"{output.name}.toml", {"output": str(output), "task": "fusion"}, {
         "data": source, "val": source,
         "model": {"preset": str(root / "tiny-model.json"), "tokenizer_min_frequency": 1},
-        "head": {"width": 32, "layers": 2, "heads": 4, "context_length": 8, "rerank_top": 5},
+        "head": {"width": 32, "layers": 2, "heads": 4, "context_length": 8, "rerank_top": 5, **(head or {})},
         "optim": {"lr": 3e-3, "warmup_steps": 10},
         "augment": {"scale": [1.0, 1.0]},
         "train": {"batch_size": 12, "steps": 60, "num_workers": 0, "log_every": 5, "eval_every": 30,
@@ -89,11 +89,17 @@ def test_a_fusion_run_writes_both_models_and_its_reranking_is_reproduced(shapes:
 
 
 def test_a_killed_fusion_run_resumes_to_the_same_weights(shapes: Path, tmp_path: Path) -> None:
-    settings = {"steps": 20, "eval_every": 10, "num_workers": 1}
-    kill_and_resume(write_config(shapes, tmp_path / "straight", **settings),
-                    write_config(shapes, tmp_path / "killed", **settings), tmp_path / "killed")
+    # with the negatives' temperature annealed: a resumed run must pick the schedule up where it was
+    head = {"itm_negative_temperature": 100.0, "itm_negative_temperature_end": 1.0}
+    settings = {"steps": 20, "eval_every": 10, "num_workers": 1, "log_every": 1}
+    kill_and_resume(write_config(shapes, tmp_path / "straight", head, **settings),
+                    write_config(shapes, tmp_path / "killed", head, **settings), tmp_path / "killed")
     for folder in ("model", "dual_encoder"):
         assert_same_weights(tmp_path / "straight" / folder, tmp_path / "killed" / folder)
+    logged = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    temperatures = [r["itm_negative_temperature"] for r in logged if "loss" in r]
+    # steps 1..20 logged once each, from 100 down to 1 geometrically (step s of 20 used 100^(1 - s/19))
+    assert temperatures == pytest.approx([100.0 ** (1 - s / 19) for s in range(20)])
 
 
 def test_fusion_configuration_mistakes_are_clear(shapes: Path, tmp_path: Path) -> None:
@@ -104,8 +110,9 @@ def test_fusion_configuration_mistakes_are_clear(shapes: Path, tmp_path: Path) -
         load_train_config(config, ["train.accum_steps=2"])
     with pytest.raises(ConfigError, match="loss weights"):
         load_train_config(config, ["head.itm_weight=-1"])
-    with pytest.raises(ConfigError, match="itm_negative_temperature"):
-        load_train_config(config, ["head.itm_negative_temperature=0"])
+    for bad in ("head.itm_negative_temperature=0", "head.itm_negative_temperature_end=-1"):
+        with pytest.raises(ConfigError, match="itm_negative_temperature"):
+            load_train_config(config, [bad])
     resnet = tmp_path / "resnet.json"
     resnet.write_text(json.dumps({**TINY_MODEL, "vision": {"kind": "resnet", "image_size": 32, "widths": [16, 32],
                                                            "depths": [1, 1]}}))

@@ -98,7 +98,9 @@ class HeadSection:
     `rerank_top` images. ITM's negatives are drawn with weights softmax(logit / T), the
     dual encoder's logits over the batch, T = `itm_negative_temperature`: 1 is ALBEF's
     hard negatives; a larger T draws more uniformly (easier negatives, fewer false ones
-    where many captions describe each other's images)."""
+    where many captions describe each other's images). With `itm_negative_temperature_end`
+    T moves geometrically from the first to the second over the run: from easy negatives,
+    which a fresh fusion model can learn from, to hard ones, which re-ranking needs."""
 
     layout: Literal["cross", "single"] = "cross"  # vqa, fusion
     width: int = 256
@@ -111,6 +113,7 @@ class HeadSection:
     mpm_weight: float = 1.0
     rerank_top: int = 10
     itm_negative_temperature: float = 1.0
+    itm_negative_temperature_end: float = 0.0  # 0: T stays at itm_negative_temperature
 
     def __post_init__(self) -> None:
         if min(self.width, self.layers, self.heads, self.min_word_count, self.rerank_top) < 1 \
@@ -119,8 +122,15 @@ class HeadSection:
                               "heads, context_length >= 3")
         if min(self.itm_weight, self.mlm_weight, self.mpm_weight) < 0:
             raise ConfigError("head: the loss weights must be >= 0")
-        if not self.itm_negative_temperature > 0:
-            raise ConfigError("head.itm_negative_temperature must be > 0")
+        if not self.itm_negative_temperature > 0 or self.itm_negative_temperature_end < 0:
+            raise ConfigError("head.itm_negative_temperature must be > 0 and itm_negative_temperature_end >= 0")
+
+    def negative_temperature(self, step: int, total: int) -> float:
+        """ITM's negative-sampling temperature at step `step` (0-based) of `total`."""
+        start, end = self.itm_negative_temperature, self.itm_negative_temperature_end
+        if not end or total <= 1:
+            return start
+        return start * (end / start) ** (min(step, total - 1) / (total - 1))
 
 
 @dataclass(frozen=True)

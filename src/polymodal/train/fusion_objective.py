@@ -83,6 +83,7 @@ class FusionObjective(Objective):
         self.texts = train_pairs.captions()
         self.weights = {"itm": head.itm_weight, "mlm": head.mlm_weight, "mpm": head.mpm_weight}
         self.rerank_top = head.rerank_top
+        self.head = head
         self.negative_temperature = head.itm_negative_temperature
         self.last_losses: dict[str, float] = {}
 
@@ -106,11 +107,15 @@ class FusionObjective(Objective):
                             **{f"{name}_loss": float(value.item()) for name, value in parts.items()}}
         return float(loss.item())
 
+    def before_step(self, step: int, total: int) -> None:
+        self.negative_temperature = self.head.negative_temperature(step, total)
+
     def after_step(self) -> None:
         self.contrastive.after_step()
 
     def log_fields(self) -> dict[str, float]:
-        return {**self.contrastive.log_fields(), **self.last_losses}
+        return {**self.contrastive.log_fields(), **self.last_losses,
+                "itm_negative_temperature": self.negative_temperature}
 
     def validate(self, val_pairs: PairSet, dtype: torch.dtype | None) -> dict[str, float]:
         return rerank_pair_set(self.contrastive.model, self.contrastive.tokenizer, self.fusion, self.tokenizer,

@@ -192,6 +192,7 @@ class Trainer:
             for batch in _unwrapped(loader):
                 model.train()
                 run.optimizer.zero_grad(set_to_none=True)
+                run.objective.before_step(step, run.total)
                 loss = run.objective.backward(batch, cfg.train.accum_steps, run.dtype)
                 dist_utils.average_gradients(params, info)
                 grad_norm = _clip(params, cfg.optim.grad_clip)

@@ -64,6 +64,9 @@ class Objective(ABC):
     def backward(self, batch: Batch, chunks: int, dtype: torch.dtype | None) -> float:
         """Accumulate the gradients of the batch's loss; return the loss."""
 
+    def before_step(self, step: int, total: int) -> None:  # noqa: B027 - most objectives need nothing here
+        """Runs before step `step` (0-based) of `total`, also after a resume (e.g. a schedule)."""
+
     def after_step(self) -> None:  # noqa: B027 - most objectives need nothing here
         """Runs after each optimiser step (e.g. clamping a learned temperature)."""
 
