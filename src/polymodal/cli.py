@@ -348,8 +348,8 @@ def eval_rerank(
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "",
 ) -> None:
-    """Text->image R@1/5/10 of the dual encoder alone and re-ranked by the fusion model's ITM head, the gain,
-    and the added cost per query."""
+    """Text->image R@1/5/10 of the dual encoder alone, re-ranked (the fusion model's ITM log-odds plus the dual
+    encoder's logit) and by the ITM head alone; the gain, and the added cost per query."""
     from polymodal.eval.report import write_report
     from polymodal.eval.rerank import evaluate_rerank
     from polymodal.eval.runner import default_out

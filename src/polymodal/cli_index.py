@@ -244,7 +244,8 @@ def search(
     model: ModelOpt = None,
     reembed: ReembedOpt = False,
     rerank: Annotated[int | None, typer.Option(
-        min=1, help="Re-score the top RERANK images with the --reranker model's image-text matching head.")] = None,
+        min=1, help="Re-order the top RERANK images by the --reranker model's image-text matching log-odds "
+                    "plus this model's logit; shows P(match).")] = None,
     reranker: Annotated[Path | None, typer.Option(help="A fusion model directory (ITM head) for --rerank.")
                         ] = None,
     device: DeviceOpt = "",
