@@ -283,6 +283,9 @@ class Trainer:
                        "metrics": card["metrics"], "model_step": card["training"]["steps"],
                        "stopped_early": progress.stopped, "skipped_images": progress.skipped}
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # the ranks tear the process group down together: a gloo rank whose peer has already
+        # closed its connections can abort at exit ("terminate called without an active exception")
+        dist_utils.barrier(run.info)
         return TrainResult(self.run_dir, model_dir, card["model_id"], progress.step, run.total, progress.seconds,
                            card["metrics"], progress.skipped, progress.stopped, run.resumed_from)
 
