@@ -98,7 +98,9 @@ def test_typing_a_query_shows_the_searchers_results(page: Any, server: tuple[str
     shown = [int(x) for x in page.eval_on_selector_all(".card", "cards => cards.map(c => c.dataset.id)")]
     with Searcher(server[1]) as searcher:
         assert shown == [h.id for h in searcher.search("a red circle", k=12)]
-    assert page.eval_on_selector_all(".card img", "imgs => imgs.filter(i => i.naturalWidth > 0).length") > 0
+    # thumbnails load after the cards render: wait for one to decode (times out if none can)
+    page.wait_for_function("() => [...document.querySelectorAll('.card img')]"
+                           ".some(i => i.complete && i.naturalWidth > 0)", timeout=15000)
     origin = server[0]
     assert all(url.startswith((origin, "blob:", "data:")) for url in page.requests), page.requests
 
