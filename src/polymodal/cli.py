@@ -468,6 +468,9 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 
 
 def main() -> None:
+    from polymodal.runtime import tune_allocator
+
+    tune_allocator()  # large tensors reuse freed memory instead of faulting fresh pages in
     try:
         app()
     except PolymodalError as err:

@@ -23,6 +23,18 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0 and "convert" in result.output
 
 
+def test_the_command_line_tunes_the_allocator_before_running(monkeypatch) -> None:
+    import polymodal.cli
+    import polymodal.runtime
+
+    seen: list[bool] = []
+    monkeypatch.setattr(polymodal.runtime, "tune_allocator", lambda enabled=True: seen.append(enabled) or True)
+    monkeypatch.setattr(sys, "argv", ["polymodal", "--version"])
+    with pytest.raises(SystemExit) as exit_:
+        polymodal.cli.main()
+    assert exit_.value.code in (0, None) and seen == [True]
+
+
 def test_models_list_shows_every_preset() -> None:
     result = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

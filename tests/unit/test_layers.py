@@ -121,6 +121,18 @@ def test_quick_gelu_matches_its_formula() -> None:
     torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
 
 
+def test_quick_gelu_without_autograd_gives_the_same_bits_and_spares_its_input() -> None:
+    x = torch.randn(64, 96, requires_grad=True)
+    with_graph = QuickGELU()(x)
+    with torch.no_grad():
+        before = x.detach().clone()
+        in_place = QuickGELU()(x)
+    assert torch.equal(in_place, with_graph.detach())  # the in-place path may not round differently
+    assert torch.equal(x.detach(), before)  # its buffer is new: the input is not overwritten
+    with_graph.sum().backward()  # and the autograd path still differentiates
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_layer_scale_starts_at_its_init_value() -> None:
     cfg = TransformerConfig(width=16, layers=1, heads=2, layer_scale_init=1e-6)
     block = TransformerBlock(cfg)
