@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,35 @@ def write_result(name: str, results: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def per_second(run: Callable[[], object], items: int, seconds: float = 3.0, device: str = "cpu") -> float:
+    """Items per second: the median of timed calls after a warm-up, for about `seconds`.
+    On a GPU each call is synchronised, so the time is the kernels', not the launch's."""
+    def call() -> float:
+        start = time.perf_counter()
+        run()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    call()
+    times: list[float] = []
+    while sum(times) < seconds or len(times) < 3:
+        times.append(call())
+    return items / statistics.median(times)
+
+
+def interleaved_rates(runs: dict[str, Callable[[], object]], items: int, rounds: int = 3, seconds: float = 1.0,
+                      device: str = "cpu", before: Callable[[str], object] | None = None) -> dict[str, float]:
+    """Items per second of each run, timed in `rounds` interleaved rounds (a, b, c, a, b, c,
+    ...) so that a slow spell of a shared machine hits every variant alike; each figure is
+    the best round's median. `before(name)` is called ahead of each timing (a setting to
+    switch, say)."""
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            if before is not None:
+                before(name)
+            best[name] = max(best[name], per_second(run, items, seconds, device))
+    return best

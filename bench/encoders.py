@@ -10,33 +10,45 @@ both sides compute the same function. Variants of ours, each against the same pe
 
 - fp32: the reference path (tolerance 1e-4 against the peer's embeddings);
 - bf16: autocast to bfloat16 (agreement reported as the cosine to fp32);
-- int8: dynamic int8 quantisation of every Linear layer (torch.ao; cosine to fp32).
+- int8: dynamic int8 quantisation of every Linear layer (torch.ao; cosine to fp32; CPU only).
+
+On the CPU every variant is timed with glibc's default allocator (as a transformers user
+runs), and the peer, fp32 and int8 also with the allocator setting polymodal's command line
+applies (polymodal.runtime.tune_allocator; "_tuned" in the results): the peer benefits from
+it too, so both comparisons are reported. All variants are timed in interleaved rounds
+(common.interleaved_rates), so a slow spell of the machine hits each alike.
+
+On a GPU (`--device cuda`) the peer also runs under bf16 autocast, and our bf16 is compared
+with that; the result goes to encoders-cuda.json.
 
 Text batches are captions of 8-20 tokens padded to the longest, as both libraries pad.
 
     python bench/encoders.py                   # writes bench/results/encoders.json
     python bench/encoders.py --arch tiny-64    # one architecture
+    python bench/encoders.py --device cuda     # on a GPU: writes bench/results/encoders-cuda.json
+    python bench/encoders.py --compile         # also torch.compile'd encoders
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import THREADS, write_result
+from common import THREADS, interleaved_rates, write_result
 from torch import nn
 
 from polymodal.checkpoint import load_state
 from polymodal.convert import config_from_hf, remap_clip_state
 from polymodal.models.dual_encoder import DualEncoder
+from polymodal.runtime import tune_allocator
 
-BATCHES = (1, 64)
+BATCHES = {"cpu": (1, 64), "cuda": (1, 64, 256)}
+#: timed a second time on the CPU with polymodal.runtime.tune_allocator() on
+TUNED_VARIANTS = ("peer", "fp32", "int8")
 FP32_TOLERANCE = 1e-4
 
 
@@ -55,7 +67,7 @@ def clip_configs() -> dict[str, Any]:
     }
 
 
-def build_pair(config: Any) -> tuple[nn.Module, DualEncoder]:
+def build_pair(config: Any, device: str = "cpu") -> tuple[nn.Module, DualEncoder]:
     """transformers' CLIPModel with random weights, and ours holding the very same weights."""
     from transformers import CLIPModel
 
@@ -63,7 +75,7 @@ def build_pair(config: Any) -> tuple[nn.Module, DualEncoder]:
     peer = CLIPModel(config).eval()
     ours = DualEncoder(config_from_hf(config.to_dict(), None)).eval()
     load_state(ours, remap_clip_state(peer.state_dict()), "transformers CLIPModel")
-    return peer, ours
+    return peer.to(device), ours.to(device)
 
 
 def caption_batch(batch: int, vocab: int, context: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,19 +93,6 @@ def caption_batch(batch: int, vocab: int, context: int, seed: int = 0) -> tuple[
     return ids, mask
 
 
-def per_second(run: Callable[[], object], items: int, seconds: float = 3.0) -> float:
-    """Items per second: the median of timed calls after a warm-up, for about `seconds`."""
-    run()
-    times: list[float] = []
-    spent = 0.0
-    while spent < seconds or len(times) < 3:
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return items / statistics.median(times)
-
-
 def _peer_features(output: object) -> torch.Tensor:
     return getattr(output, "pooler_output", output)  # transformers 5 returns a ModelOutput
 
@@ -106,29 +105,36 @@ def quantised(model: DualEncoder) -> DualEncoder:
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
 
 
-def measure(name: str, config: Any) -> dict[str, Any]:
-    peer, ours = build_pair(config)
-    int8 = quantised(ours)
+def measure(name: str, config: Any, device: str = "cpu", compile: bool = False) -> dict[str, Any]:
+    peer, ours = build_pair(config, device)
+    # torch.compile'd encoders (inductor), timed after their first call compiled them
+    encode_image = torch.compile(ours.encode_image) if compile else None
+    encode_text = torch.compile(ours.encode_text) if compile else None
+    on_cpu = device == "cpu"
+    int8 = quantised(ours) if on_cpu else None  # torch.ao's dynamic int8 kernels are CPU kernels
     size = config.vision_config.image_size
     vocab, context = config.text_config.vocab_size, config.text_config.max_position_embeddings
     out: dict[str, Any] = {"image_size": size, "parity": {}, "image": {}, "text": {}}
+    largest = max(BATCHES[_kind(device)])
 
-    pixels = torch.randn(64, 3, size, size, generator=torch.Generator().manual_seed(1))
-    ids, mask = caption_batch(64, vocab, context)
+    pixels = torch.randn(largest, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    ids, mask = (t.to(device) for t in caption_batch(largest, vocab, context))
+    p64, i64, m64 = pixels[:64], ids[:64], mask[:64]
     with torch.inference_mode():
-        reference_image = _peer_features(peer.get_image_features(pixel_values=pixels))
-        reference_text = _peer_features(peer.get_text_features(input_ids=ids, attention_mask=mask))
-        image = {"fp32": ours.encode_image(pixels, normalize=False),
-                 "int8": int8.encode_image(pixels, normalize=False)}
-        text = {"fp32": ours.encode_text(ids, mask, normalize=False),
-                "int8": int8.encode_text(ids, mask, normalize=False)}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            image["bf16"] = ours.encode_image(pixels, normalize=False).float()
-            text["bf16"] = ours.encode_text(ids, mask, normalize=False).float()
+        reference_image = _peer_features(peer.get_image_features(pixel_values=p64))
+        reference_text = _peer_features(peer.get_text_features(input_ids=i64, attention_mask=m64))
+        image = {"fp32": ours.encode_image(p64, normalize=False)}
+        text = {"fp32": ours.encode_text(i64, m64, normalize=False)}
+        if int8 is not None:
+            image["int8"] = int8.encode_image(p64, normalize=False)
+            text["int8"] = int8.encode_text(i64, m64, normalize=False)
+        with torch.autocast(_kind(device), dtype=torch.bfloat16):
+            image["bf16"] = ours.encode_image(p64, normalize=False).float()
+            text["bf16"] = ours.encode_text(i64, m64, normalize=False).float()
     for modality, got, expected in (("image", image, reference_image), ("text", text, reference_text)):
         parity = {"fp32_max_abs_diff": float((got["fp32"] - expected).abs().max()),
                   "fp32_within_tolerance": bool((got["fp32"] - expected).abs().max() <= FP32_TOLERANCE)}
-        for variant in ("bf16", "int8"):
+        for variant in ("bf16", "int8") if int8 is not None else ("bf16",):
             parity[f"{variant}_min_cosine_to_fp32"] = float(F.cosine_similarity(got[variant], got["fp32"]).min())
             parity[f"{variant}_max_abs_diff"] = float((got[variant] - got["fp32"]).abs().max())
         out["parity"][modality] = parity
@@ -137,7 +143,7 @@ def measure(name: str, config: Any) -> dict[str, Any]:
     # autograd on: torch's module tracker fails under no_grad and inference_mode)
     out["image"]["gflop_per_item"] = gflop(lambda: ours.encode_image(pixels[:8])) / 8
     out["text"]["gflop_per_item"] = gflop(lambda: ours.encode_text(ids[:8], mask[:8])) / 8
-    for batch in BATCHES:
+    for batch in BATCHES[_kind(device)]:
         p, i, m = pixels[:batch], ids[:batch], mask[:batch]
         i = i[:, : int(m.sum(dim=1).max())]  # padded to the longest of this batch
         m = m[:, : i.shape[1]]
@@ -145,21 +151,41 @@ def measure(name: str, config: Any) -> dict[str, Any]:
             "image": {
                 "peer": lambda p=p: peer.get_image_features(pixel_values=p),
                 "fp32": lambda p=p: ours.encode_image(p),
-                "int8": lambda p=p: int8.encode_image(p),
-                "bf16": lambda p=p: _bf16(lambda: ours.encode_image(p)),
+                "bf16": lambda p=p: _bf16(device, lambda: ours.encode_image(p)),
             },
             "text": {
                 "peer": lambda i=i, m=m: peer.get_text_features(input_ids=i, attention_mask=m),
                 "fp32": lambda i=i, m=m: ours.encode_text(i, m),
-                "int8": lambda i=i, m=m: int8.encode_text(i, m),
-                "bf16": lambda i=i, m=m: _bf16(lambda: ours.encode_text(i, m)),
+                "bf16": lambda i=i, m=m: _bf16(device, lambda: ours.encode_text(i, m)),
             },
         }
+        if int8 is not None:
+            runs["image"]["int8"] = lambda p=p: int8.encode_image(p)
+            runs["text"]["int8"] = lambda i=i, m=m: int8.encode_text(i, m)
+        if encode_image is not None and encode_text is not None:
+            runs["image"]["compiled"] = lambda p=p: encode_image(p)
+            runs["text"]["compiled"] = lambda i=i, m=m: encode_text(i, m)
+            runs["image"]["compiled_bf16"] = lambda p=p: _bf16(device, lambda: encode_image(p))
+            runs["text"]["compiled_bf16"] = lambda i=i, m=m: _bf16(device, lambda: encode_text(i, m))
+        if int8 is None:  # on a GPU, bf16 is compared with the peer under the same autocast
+            runs["image"]["peer_bf16"] = lambda p=p: _bf16(device, lambda: peer.get_image_features(pixel_values=p))
+            runs["text"]["peer_bf16"] = lambda i=i, m=m: _bf16(
+                device, lambda: peer.get_text_features(input_ids=i, attention_mask=m))
         for modality, variants in runs.items():
+            if on_cpu:  # each variant again with the allocator setting of polymodal's command line
+                variants.update({f"{v}_tuned": variants[v] for v in TUNED_VARIANTS})
             with torch.inference_mode():
-                rates = {v: per_second(run, batch) for v, run in variants.items()}
+                rates = interleaved_rates(variants, batch, device=device,
+                                          before=lambda v: tune_allocator(v.endswith("_tuned")))
+            tune_allocator(False)
             row = {f"{v}_per_s": round(r, 1) for v, r in rates.items()}
-            row.update({f"{v}_over_peer": round(rates[v] / rates["peer"], 2) for v in ("fp32", "bf16", "int8")})
+            row.update({f"{v}_over_peer": round(rates[v] / rates["peer"], 2)
+                        for v in ("fp32", "bf16", "int8", "compiled", "compiled_bf16", "fp32_tuned", "int8_tuned")
+                        if v in rates})
+            if "peer_tuned" in rates:
+                row["fp32_tuned_over_peer_tuned"] = round(rates["fp32_tuned"] / rates["peer_tuned"], 2)
+            if "peer_bf16" in rates:
+                row["bf16_over_peer_bf16"] = round(rates["bf16"] / rates["peer_bf16"], 2)
             out[modality][f"batch_{batch}"] = row
             print(name, modality, batch, row, flush=True)
     return out
@@ -174,21 +200,30 @@ def gflop(run: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _bf16(run: Callable[[], torch.Tensor]) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def _bf16(device: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    with torch.autocast(_kind(device), dtype=torch.bfloat16):
         return run()
+
+
+def _kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def main() -> None:
     configs = clip_configs()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default=",".join(configs), help=f"Comma-separated, from: {', '.join(configs)}.")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU.")
+    parser.add_argument("--compile", action="store_true", help="Also time torch.compile'd encoders (fp32 and bf16).")
     args = parser.parse_args()
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no GPU here")
     torch.set_num_threads(THREADS)
-    results = {"threads": THREADS, "fp32_tolerance": FP32_TOLERANCE,
+    results = {"threads": THREADS, "device": args.device, "fp32_tolerance": FP32_TOLERANCE,
                "peer": "transformers CLIPModel.get_image_features / get_text_features (its default attention)",
-               "architectures": {name: measure(name, configs[name]) for name in args.arch.split(",")}}
-    path = write_result("encoders", results)
+               "architectures": {name: measure(name, configs[name], args.device, args.compile)
+                                 for name in args.arch.split(",")}}
+    path = write_result("encoders" if args.device == "cpu" else "encoders-cuda", results)
     print(path.read_text())
 
 

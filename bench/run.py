@@ -2,12 +2,14 @@
 of BENCHMARKS.md from their JSON results (each figure beside its peer from the same run,
 and as a share of this machine's ceilings, measured first).
 
-    python bench/run.py                          # ceilings, search, encoders, serve_load, cpu_precision
+    python bench/run.py                          # all of SCRIPTS, on this machine's CPU
     python bench/run.py --only ceilings,search   # some of them
     python bench/run.py --table                  # only rewrite the table from existing results
 
 A script that fails is reported and the others still run; the table then keeps that
-benchmark's previous results (their commit and date are in the table).
+benchmark's previous results (their commit and date are in the table). The GPU figures
+come from `--device cuda` runs of ceilings.py, encoders.py and train_step.py on a machine
+with one (their results, *-cuda.json, join the table the same way).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import summary
 
 BENCH = Path(__file__).parent
-SCRIPTS = ("ceilings", "search", "encoders", "serve_load", "cpu_precision")
+SCRIPTS = ("ceilings", "search", "encoders", "train_step", "ingest", "serve_load", "cpu_precision")
 
 
 def main() -> None:

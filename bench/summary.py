@@ -53,16 +53,28 @@ def rows(found: dict[str, dict[str, Any]]) -> list[Row]:
                     f"{run['p50_ms']:g} / {run['p99_ms']:g}", "", "", "", _source(serve)))
     ceilings = found.get("ceilings", {}).get("results", {})
     out += encoder_rows(found.get("encoders", {}), ceilings.get("fp32_gflops"))
+    out += train_step_rows(found.get("train_step", {}))
+    out += ingest_rows(found.get("ingest", {}))
+    out += gpu_encoder_rows(found.get("encoders-cuda", {}), found.get("ceilings-cuda", {}).get("results", {}))
+    out += train_step_rows(found.get("train_step-cuda", {}))
     for key, label in (("fp32_gflops", "matmul 2048², fp32 (GFLOP/s)"), ("bf16_gflops", "matmul 2048², bf16 (GFLOP/s)"),
                        ("read_bandwidth_gbs", "memory read bandwidth (GB/s)")):
         if key in ceilings:
             out.append((f"ceiling: {label}", f"{ceilings[key]:g}", "", "", "", _source(found["ceilings"])))
+    gpu = found.get("ceilings-cuda", {})
+    for key, label in (("fp32_gflops", "matmul 8192², fp32 (GFLOP/s)"), ("bf16_gflops", "matmul 8192², bf16 (GFLOP/s)"),
+                       ("copy_bandwidth_gbs", "device copy, read + write (GB/s)")):
+        if key in gpu.get("results", {}):
+            out.append((f"ceiling, {gpu['results'].get('device', 'GPU')}: {label}", f"{gpu['results'][key]:,.0f}",
+                        "", "", "", _source(gpu)))
     return out
 
 
 def encoder_rows(record: dict[str, Any], fp32_ceiling: float | None) -> list[Row]:
-    """Embedding throughput of our encoders (fp32, and int8 where it is faster) against
-    transformers' CLIPModel with the same weights; fp32 as a share of the matmul ceiling."""
+    """Embedding throughput of our encoders as the command line runs them (fp32, and int8)
+    against transformers' CLIPModel with the same weights and glibc's default allocator;
+    fp32 as a share of the matmul ceiling. Where the run also timed the peer with our
+    allocator setting, the peer cell gives that figure too."""
     out: list[Row] = []
     for arch, result in record.get("results", {}).get("architectures", {}).items():
         for modality in ("image", "text"):
@@ -71,11 +83,73 @@ def encoder_rows(record: dict[str, Any], fp32_ceiling: float | None) -> list[Row
                 row = result[modality].get(f"batch_{batch}")
                 if not row:
                     continue
-                share = f"{per_item * row['fp32_per_s'] / fp32_ceiling:.0%} of fp32 matmul" \
-                    if per_item and fp32_ceiling else ""
-                out.append((f"{arch} {modality}s embedded/s, batch {batch} (fp32; int8)",
-                            f"{row['fp32_per_s']:g}; {row['int8_per_s']:g}", f"transformers {row['peer_per_s']:g}",
-                            f"{row['fp32_over_peer']:.2f}x; {row['int8_over_peer']:.2f}x", share, _source(record)))
+                tuned = "_tuned" if "fp32_tuned_per_s" in row else ""
+                fp32, int8 = row[f"fp32{tuned}_per_s"], row[f"int8{tuned}_per_s"]
+                share = f"{per_item * fp32 / fp32_ceiling:.0%} of fp32 matmul" if per_item and fp32_ceiling else ""
+                peer = f"transformers {row['peer_per_s']:g}"
+                if tuned:
+                    peer += f" ({row['peer_tuned_per_s']:g} with our allocator setting)"
+                out.append((f"{arch} {modality}s embedded/s, batch {batch} (fp32; int8)", f"{fp32:g}; {int8:g}", peer,
+                            f"{row[f'fp32{tuned}_over_peer']:.2f}x; {row[f'int8{tuned}_over_peer']:.2f}x", share,
+                            _source(record)))
+    return out
+
+
+def gpu_encoder_rows(record: dict[str, Any], ceilings: dict[str, Any]) -> list[Row]:
+    """On a GPU: our encoders in fp32 and under bf16 autocast against the peer in the same
+    precision, at the largest batch; bf16 as a share of the GPU's bf16 matmul rate."""
+    out: list[Row] = []
+    gpu = record.get("machine", {}).get("cuda") or "GPU"
+    for arch, result in record.get("results", {}).get("architectures", {}).items():
+        for modality in ("image", "text"):
+            batches = sorted(int(k.split("_")[1]) for k in result[modality] if k.startswith("batch_"))
+            if not batches:
+                continue
+            row = result[modality][f"batch_{batches[-1]}"]
+            per_item, bf16_ceiling = result[modality].get("gflop_per_item"), ceilings.get("bf16_gflops")
+            share = f"{per_item * row['bf16_per_s'] / bf16_ceiling:.0%} of bf16 matmul" \
+                if per_item and bf16_ceiling else ""
+            out.append((f"{gpu}: {arch} {modality}s embedded/s, batch {batches[-1]} (fp32; bf16)",
+                        f"{row['fp32_per_s']:,.0f}; {row['bf16_per_s']:,.0f}",
+                        f"transformers {row['peer_per_s']:,.0f}; {row['peer_bf16_per_s']:,.0f}",
+                        f"{row['fp32_over_peer']:.2f}x; {row['bf16_over_peer_bf16']:.2f}x", share, _source(record)))
+    return out
+
+
+def train_step_rows(record: dict[str, Any]) -> list[Row]:
+    """Training-step throughput (pairs/s) against transformers' CLIPModel with the same loss,
+    batch and optimiser: on the CPU as the command line runs (allocator setting) against the
+    peer as a transformers user runs it; on a GPU in fp32 and bf16."""
+    out: list[Row] = []
+    gpu = record.get("machine", {}).get("cuda")
+    for arch, runs in record.get("results", {}).get("architectures", {}).items():
+        for precision, run in runs.items():
+            ours = "ours_tuned" if "ours_tuned_pairs_per_s" in run else "ours"
+            label = f"{gpu}: " if gpu else ""
+            cells = [f"{run[f'{ours}_pairs_per_s']:,.1f}"]
+            ratios = [f"{run[f'{ours}_over_peer']:.2f}x"]
+            variants = "fp32" if precision == "fp32" else "bf16 autocast"
+            compiled = f"{ours.replace('ours', 'ours_compiled')}"
+            if f"{compiled}_pairs_per_s" in run:
+                cells.append(f"{run[f'{compiled}_pairs_per_s']:,.1f}")
+                ratios.append(f"{run[f'{compiled}_over_peer']:.2f}x")
+                variants += "; torch.compile"
+            out.append((f"{label}train step pairs/s, {arch}, batch {run['batch']} ({variants})", "; ".join(cells),
+                        f"transformers {run['peer_pairs_per_s']:,.1f}", "; ".join(ratios), "", _source(record)))
+    return out
+
+
+def ingest_rows(record: dict[str, Any]) -> list[Row]:
+    """`polymodal index update` on a folder of JPEGs with its default 2 decoding workers,
+    as a share of the encoder's own throughput on the decoded images (the goal: 90%)."""
+    out: list[Row] = []
+    for preset, result in record.get("results", {}).get("models", {}).items():
+        run = result.get("workers_2")
+        if not run:
+            continue
+        out.append((f"index {result['count']} JPEGs, images/s ({preset}, 2 workers)", f"{run['images_per_s']:g}",
+                    f"encoder alone {result['encoder_alone_images_per_s']:g}", f"{run['of_encoder']:.2f}x", "",
+                    _source(record)))
     return out
 
 

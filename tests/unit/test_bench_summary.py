@@ -41,6 +41,39 @@ def test_encoder_rows_compare_with_transformers_and_the_matmul_ceiling() -> None
     assert row[1:5] == ("150; 200", "transformers 100", "1.50x; 2.00x", "25% of fp32 matmul")  # 75 of 300 GFLOP/s
 
 
+def test_encoder_rows_show_our_tuned_allocator_against_the_peer_as_it_ships() -> None:
+    batch = {"peer_per_s": 100.0, "fp32_per_s": 110.0, "int8_per_s": 180.0, "peer_tuned_per_s": 120.0,
+             "fp32_tuned_per_s": 140.0, "int8_tuned_per_s": 210.0, "fp32_tuned_over_peer": 1.4,
+             "int8_tuned_over_peer": 2.1}
+    found = {"encoders": record("encoders", {"architectures": {"tiny-64": {"image": {"batch_1": batch},
+                                                                           "text": {}}}})}
+    (row,) = summary.rows(found)
+    assert row[1:4] == ("140; 210", "transformers 100 (120 with our allocator setting)", "1.40x; 2.10x")
+
+
+def test_gpu_train_step_and_ingest_rows() -> None:
+    gpu_batch = {"peer_per_s": 1000.0, "fp32_per_s": 1100.0, "bf16_per_s": 5000.0, "peer_bf16_per_s": 4000.0,
+                 "fp32_over_peer": 1.1, "bf16_over_peer_bf16": 1.25}
+    encoders = record("encoders-cuda", {"architectures": {"vit": {
+        "image": {"gflop_per_item": 10.0, "batch_64": {}, "batch_256": gpu_batch}, "text": {}}}})
+    encoders["machine"] = {"cuda": "H100"}
+    steps = record("train_step", {"architectures": {"vit": {"fp32": {
+        "batch": 32, "peer_pairs_per_s": 10.0, "ours_tuned_pairs_per_s": 14.0, "ours_tuned_over_peer": 1.4,
+        "ours_compiled_tuned_pairs_per_s": 16.0, "ours_compiled_tuned_over_peer": 1.6}}}})
+    ingest = record("ingest", {"models": {"vit": {"count": 256, "encoder_alone_images_per_s": 20.0,
+                                                  "workers_2": {"images_per_s": 19.0, "of_encoder": 0.95}}}})
+    found = {"encoders-cuda": encoders, "ceilings-cuda": record("ceilings-cuda", {"bf16_gflops": 100_000.0,
+                                                                                  "device": "H100"}),
+             "train_step": steps, "ingest": ingest}
+    rows = {r[0]: r for r in summary.rows(found)}
+    gpu = rows["H100: vit images embedded/s, batch 256 (fp32; bf16)"]  # the largest batch
+    assert gpu[1:5] == ("1,100; 5,000", "transformers 1,000; 4,000", "1.10x; 1.25x", "50% of bf16 matmul")
+    step = rows["train step pairs/s, vit, batch 32 (fp32; torch.compile)"]
+    assert step[1:4] == ("14.0; 16.0", "transformers 10.0", "1.40x; 1.60x")
+    assert rows["index 256 JPEGs, images/s (vit, 2 workers)"][1:4] == ("19", "encoder alone 20", "0.95x")
+    assert "ceiling, H100: matmul 8192², bf16 (GFLOP/s)" in rows
+
+
 def test_the_rewrite_replaces_only_the_marked_table() -> None:
     before = f"# Benchmarks\n\nintro\n\n{summary.BEGIN}\nold table\n{summary.END}\n\n## Later section\nkept\n"
     after = summary.rewrite(before, "| new |")
