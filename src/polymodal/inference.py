@@ -8,7 +8,7 @@ the cache of a frozen text backbone's features.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,37 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+#: texts tokenised together and sorted by length, in batches: enough that batches of
+#: similar length form, few enough that the token ids stay small in memory
+SORT_WINDOW_BATCHES = 16
+
+
+def encode_by_length(encode: Callable[[Tensor, Tensor], Tensor], tokenizer: Tokenizer, texts: Sequence[str],
+                     batch_size: int, device: torch.device) -> Tensor:
+    """`encode(ids, mask)` of every text in batches of similar token length, each cut to its
+    longest text, returned in the order of `texts`.
+
+    Batched in their own order, 5,000 Flickr8k captions in batches of 256 pad to 2.25× their
+    tokens; sorted by token count within windows of SORT_WINDOW_BATCHES batches, next to
+    none. The tokenizer pads on the right and every tower masks padding, so cutting pad
+    columns changes no result."""
+    if len(texts) == 0:
+        return torch.empty(0, device=device)
+    out = []
+    for window in _batches(len(texts), batch_size * SORT_WINDOW_BATCHES):
+        tokens = tokenizer(list(texts[window]))
+        lengths = tokens.attention_mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for rows in _batches(len(order), batch_size):
+            chosen = order[rows]
+            width = int(lengths[chosen].max())
+            parts.append(encode(tokens.input_ids[chosen, :width].to(device),
+                                tokens.attention_mask[chosen, :width].to(device)).float())
+        out.append(torch.cat(parts)[order.argsort().to(device)])  # back to the caller's order
+    return torch.cat(out)
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -56,33 +87,28 @@ def text_features(tower: Tower, tokenizer: Tokenizer, texts: Sequence[str], batc
     """Pooled (pre-projection) features (N, W) float32 of a text tower. Texts are
     batched by length, so that little compute goes to padding."""
     device = model_device(tower)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty(0)
-    for rows in _batches(len(texts), batch_size):
-        chosen = order[rows]
-        tokens = tokenizer([texts[i] for i in chosen]).to(device)
+
+    def pooled(ids: Tensor, mask: Tensor) -> Tensor:
         with autocast(device, dtype):
-            pooled = tower.forward_features(tokens.input_ids, tokens.attention_mask).pooled.float()
-        if out.numel() == 0:
-            out = torch.empty(len(texts), pooled.shape[1], device=device)
-        out[torch.tensor(chosen, device=device)] = pooled
-    return out
+            return tower.forward_features(ids, mask).pooled
+
+    return encode_by_length(pooled, tokenizer, texts, batch_size, device)
 
 
 @torch.no_grad()
 def embed_texts(model: DualEncoder, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 256,
                 dtype: torch.dtype | None = None, cache: TextFeatureCache | None = None) -> Tensor:
-    """L2-normalised text embeddings (N, E) float32; with a cache of the frozen text
-    backbone only the projection runs."""
+    """L2-normalised text embeddings (N, E) float32, in the order of `texts` (batched by
+    token length inside); with a cache of the frozen text backbone only the projection runs."""
     if cache is not None:
         return F.normalize(model.text.forward_head(cache.lookup_texts(texts)).float(), dim=-1)
     device = model_device(model)
-    out = []
-    for rows in _batches(len(texts), batch_size):
-        tokens = tokenizer(list(texts[rows])).to(device)
+
+    def embedded(ids: Tensor, mask: Tensor) -> Tensor:
         with autocast(device, dtype):
-            out.append(model.encode_text(tokens.input_ids, tokens.attention_mask).float())
-    return torch.cat(out)
+            return model.encode_text(ids, mask)
+
+    return encode_by_length(embedded, tokenizer, texts, batch_size, device)
 
 
 class TextFeatureCache:
