@@ -23,7 +23,8 @@ from pathlib import Path
 import summary
 
 BENCH = Path(__file__).parent
-SCRIPTS = ("ceilings", "search", "encoders", "train_step", "ingest", "serve_load", "cpu_precision")
+SCRIPTS = ("ceilings", "search", "encoders", "text_bulk", "train_step", "ingest", "serve_load",
+           "cpu_precision")
 
 
 def main() -> None:

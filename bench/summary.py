@@ -53,6 +53,7 @@ def rows(found: dict[str, dict[str, Any]]) -> list[Row]:
                     f"{run['p50_ms']:g} / {run['p99_ms']:g}", "", "", "", _source(serve)))
     ceilings = found.get("ceilings", {}).get("results", {})
     out += encoder_rows(found.get("encoders", {}), ceilings.get("fp32_gflops"))
+    out += text_bulk_rows(found.get("text_bulk", {}))
     out += train_step_rows(found.get("train_step", {}))
     out += ingest_rows(found.get("ingest", {}))
     out += gpu_encoder_rows(found.get("encoders-cuda", {}), found.get("ceilings-cuda", {}).get("results", {}))
@@ -137,6 +138,15 @@ def train_step_rows(record: dict[str, Any]) -> list[Row]:
             out.append((f"{label}train step pairs/s, {arch}, batch {run['batch']} ({variants})", "; ".join(cells),
                         f"transformers {run['peer_pairs_per_s']:,.1f}", "; ".join(ratios), "", _source(record)))
     return out
+
+
+def text_bulk_rows(record: dict[str, Any]) -> list[Row]:
+    """Many captions at once: ours batched by token length against the peer in the
+    captions' own order, both with the same tokens and weights."""
+    return [(f"{arch} texts embedded/s, {run['count']:,} captions in batches of {run['batch']}",
+             f"{run['ours_texts_per_s']:g}", f"transformers {run['peer_texts_per_s']:g}",
+             f"{run['ours_over_peer']:.2f}x", "", _source(record))
+            for arch, run in record.get("results", {}).get("architectures", {}).items()]
 
 
 def ingest_rows(record: dict[str, Any]) -> list[Row]:

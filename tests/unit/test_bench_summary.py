@@ -62,9 +62,11 @@ def test_gpu_train_step_and_ingest_rows() -> None:
         "ours_compiled_tuned_pairs_per_s": 16.0, "ours_compiled_tuned_over_peer": 1.6}}}})
     ingest = record("ingest", {"models": {"vit": {"count": 256, "encoder_alone_images_per_s": 20.0,
                                                   "workers_2": {"images_per_s": 19.0, "of_encoder": 0.95}}}})
-    found = {"encoders-cuda": encoders, "ceilings-cuda": record("ceilings-cuda", {"bf16_gflops": 100_000.0,
-                                                                                  "device": "H100"}),
-             "train_step": steps, "ingest": ingest}
+    bulk = record("text_bulk", {"architectures": {"vit": {"count": 512, "batch": 256, "ours_texts_per_s": 300.0,
+                                                           "peer_texts_per_s": 150.0, "ours_over_peer": 2.0}}})
+    gpu_ceilings = record("ceilings-cuda", {"bf16_gflops": 100_000.0, "device": "H100"})
+    found = {"encoders-cuda": encoders, "text_bulk": bulk, "ceilings-cuda": gpu_ceilings, "train_step": steps,
+             "ingest": ingest}
     rows = {r[0]: r for r in summary.rows(found)}
     gpu = rows["H100: vit images embedded/s, batch 256 (fp32; bf16)"]  # the largest batch
     assert gpu[1:5] == ("1,100; 5,000", "transformers 1,000; 4,000", "1.10x; 1.25x", "50% of bf16 matmul")
@@ -72,6 +74,7 @@ def test_gpu_train_step_and_ingest_rows() -> None:
     assert step[1:4] == ("14.0; 16.0", "transformers 10.0", "1.40x; 1.60x")
     assert rows["index 256 JPEGs, images/s (vit, 2 workers)"][1:4] == ("19", "encoder alone 20", "0.95x")
     assert "ceiling, H100: matmul 8192², bf16 (GFLOP/s)" in rows
+    assert rows["vit texts embedded/s, 512 captions in batches of 256"][1:4] == ("300", "transformers 150", "2.00x")
 
 
 def test_the_rewrite_replaces_only_the_marked_table() -> None:
