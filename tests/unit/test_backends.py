@@ -219,7 +219,11 @@ def test_the_int8_fast_path_returns_what_scoring_every_code_returns(vnni: bool,
 
 
 @pytest.mark.parametrize("dim", [48, 50, 512])
-def test_binary_scores_are_one_minus_twice_the_hamming_share(dim: int) -> None:
+@pytest.mark.parametrize("block", [64, 16384])  # 200 codes: three whole blocks and a partial one, or one
+def test_binary_scores_are_one_minus_twice_the_hamming_share(dim: int, block: int, monkeypatch) -> None:
+    from polymodal.index import quantizers
+
+    monkeypatch.setattr(quantizers, "BINARY_BLOCK", block)
     rng = np.random.default_rng(dim)
     vectors, queries = rng.standard_normal((200, dim)), rng.standard_normal((3, dim))
     quantizer = make_quantizer("binary", dim)
