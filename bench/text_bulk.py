@@ -7,8 +7,10 @@ in the captions' own order, batch by batch, padded to each batch's longest (what
 Captions: the first N of Flickr8k (../shared/data), or generated captions of 5-25 words
 where the data is absent. One BPE tokenizer, trained on them, serves both models, so
 both embed exactly the same tokens; the model weights are identical (the converter), as
-in bench/encoders.py. Both run with the allocator setting of polymodal's command line,
-so the ratio is the batching alone.
+in bench/encoders.py. Both run with the allocator setting of polymodal's command line.
+The peer pools where its config's end token would be (our small tokenizer ends texts
+with another id), so the two compute the same amount, not the same function: this is a
+throughput comparison, and agreement is bench/encoders.py's job.
 
     python bench/text_bulk.py           # writes bench/results/text_bulk.json
 """

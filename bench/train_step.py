@@ -6,9 +6,8 @@ AdamW. Ours is DualEncoder + polymodal.losses.ClipLoss; the peer is CLIPModel wi
 `return_loss=True` (the same loss: cross-entropy of logit_scale * image @ text.T in both
 directions). Both start from identical weights (the converter) and use torch.optim.AdamW
 with the same settings, so the figure is the models' forward and backward, not the
-optimiser. Before timing, one step of each from the same weights checks that both compute
-the same loss and the same update (the largest parameter difference after the step is
-reported).
+optimiser. Before timing, the two models' losses and gradients from the same weights are
+compared (the largest gradient difference relative to the largest gradient is reported).
 
 Architectures as in bench/encoders.py: ViT-B/32 (224 px, 12 + 12 layers) and tiny-64 (the
 sizes of our vit-tiny-64 preset). On the CPU each step is timed with glibc's default
