@@ -17,7 +17,6 @@ Set POLYMODAL_ALLOCATOR=system to keep glibc's defaults.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -49,11 +48,10 @@ def tune_allocator(enabled: bool = True) -> bool:
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # The process's own symbols: libc is already loaded, and ctypes.util.find_library would
+    # run ldconfig in a subprocess on every command-line start.
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 (present in glibc only)
     except (OSError, AttributeError):
         return None
