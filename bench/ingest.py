@@ -2,8 +2,8 @@
 the encoder's own throughput on the same images already decoded, in one run. The goal is
 ≥ 90% of the encoder: decoding, hashing and writing should hide behind the model.
 
-Images: the first N Flickr8k photos of ../shared/data (JPEGs of about 500 x 375), or N
-generated JPEGs of that size where the data is absent. Models: presets with random weights
+Images: the first N Flickr8k photos of ../shared/data (128 x 128 JPEGs, as the data set
+ships them), or N generated JPEGs of that size where the data is absent. Models: presets with random weights
 saved as model directories (nothing is downloaded), so the figure is the pipeline's, not
 a checkpoint's:
 - clip-vit-b-32: 224 px, the encoder dominates;
@@ -63,10 +63,10 @@ def image_folder(target: Path, count: int) -> str:
         return f"the first {count} Flickr8k photos"
     rng = np.random.default_rng(0)
     for i in range(count):  # smooth gradients plus noise: compresses like a photo, not like flat colour
-        base = np.linspace(0, 255, 500)[None, :, None] * rng.uniform(0.2, 1.0, (1, 1, 3))
-        pixels = np.clip(base + rng.normal(0, 25, (375, 500, 3)), 0, 255).astype(np.uint8)
+        base = np.linspace(0, 255, 128)[None, :, None] * rng.uniform(0.2, 1.0, (1, 1, 3))
+        pixels = np.clip(base + rng.normal(0, 25, (128, 128, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(target / f"{i:05d}.jpg", quality=90)
-    return f"{count} generated 500x375 JPEGs (no ../shared/data/flickr8k here)"
+    return f"{count} generated 128x128 JPEGs (no ../shared/data/flickr8k here)"
 
 
 def encoder_alone(model_dir: Path, folder: Path) -> float:

@@ -161,9 +161,22 @@ class ImageTransform:
         self.resample = _RESAMPLE[cfg.interpolation]
         self._mean = np.asarray(cfg.mean, dtype=np.float32)
         self._std = np.asarray(cfg.std, dtype=np.float32)
+        self._mean_t = torch.from_numpy(self._mean).view(3, 1, 1)
+        self._std_t = torch.from_numpy(self._std).view(3, 1, 1)
 
     def __call__(self, image: ImageSource) -> Tensor:
         return self.to_tensor(self.geometry(self._rgb(image)))
+
+    def pixels(self, rgb: Image.Image) -> Tensor:
+        """(3, S, S) uint8 of an image `load_image` returned: cropped and resized, not yet
+        normalised. Bulk embedding passes these (a quarter of the float tensor's bytes)
+        from its decoding workers and normalises whole batches with `normalise`."""
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(self.geometry(rgb)).transpose(2, 0, 1)))
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """(..., 3, S, S) uint8 -> float32, equal bit for bit to `to_tensor` per image."""
+        out = pixels.float()
+        return out.div_(255.0).sub_(self._mean_t).div_(self._std_t)  # to_tensor's operations, in its order
 
     def batch(self, images: Sequence[ImageSource]) -> Tensor:
         """(B, 3, S, S) for a list of images."""

@@ -193,6 +193,20 @@ def test_normalisation_uses_the_configured_mean_and_std() -> None:
     np.testing.assert_allclose(out[:, 0, 0].numpy(), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cfg", [PreprocessConfig(image_size=24),
+                                 PreprocessConfig(image_size=16, resize_size=20, mean=(0.2, 0.5, 0.9),
+                                                  std=(0.1, 0.3, 0.7))])
+def test_bytes_normalised_in_a_batch_equal_the_per_image_transform(noise_image: Image.Image,
+                                                                    cfg: PreprocessConfig) -> None:
+    # Bulk embedding moves uint8 crops and normalises whole batches: the same bits as one
+    # image at a time, or indexed vectors would drift from query vectors.
+    transform = ImageTransform(cfg)
+    images = [noise_image, noise_image.rotate(90, expand=True), noise_image.convert("L").convert("RGB")]
+    crops = torch.stack([transform.pixels(load_image(image)) for image in images])
+    assert crops.dtype == torch.uint8 and crops.shape == (3, 3, cfg.image_size, cfg.image_size)
+    assert torch.equal(transform.normalise(crops), torch.stack([transform(image) for image in images]))
+
+
 def test_resize_size_crops_a_smaller_centre() -> None:
     image = Image.new("RGB", (16, 16), (0, 0, 0))
     image.paste((255, 255, 255), (4, 4, 12, 12))  # white centre square

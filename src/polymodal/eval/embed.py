@@ -31,7 +31,8 @@ class EmbeddedImages:
 
 class ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
     """(position, pixels, "") for a readable image, (position, None, reason) for an
-    unreadable one, so that one bad file never stops a batch (or a worker)."""
+    unreadable one, so that one bad file never stops a batch (or a worker). The pixels are
+    uint8 (`ImageTransform.pixels`); normalise the stacked batch with `transform.normalise`."""
 
     def __init__(self, refs: Sequence[ImageRef], transform: ImageTransform,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
@@ -42,7 +43,7 @@ class ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, self.transform(self.refs[i].load(self.max_pixels)), ""
+            return i, self.transform.pixels(self.refs[i].load(self.max_pixels)), ""
         except ImageDecodeError as err:
             return i, None, str(err)
 
@@ -78,7 +79,7 @@ def embed_images(model: DualEncoder, refs: Sequence[ImageRef], transform: ImageT
         good = [(i, pixels) for i, pixels, _ in items if pixels is not None]
         skipped += [(refs[i].name, reason) for i, pixels, reason in items if pixels is None]
         if good:
-            pixels = torch.stack([p for _, p in good]).to(device)
+            pixels = transform.normalise(torch.stack([p for _, p in good])).to(device)
             with autocast(device, dtype):
                 embeds.append(model.encode_image(pixels).float().cpu())
             kept += [i for i, _ in good]

@@ -108,7 +108,7 @@ def encode_batches(encoder: Encoder, found: Sequence[Found], options: IndexOptio
         bad = [(i, reason) for i, pixels, reason in items if pixels is None]
         vectors = np.empty((0, model.config.embed_dim), dtype=np.float32)
         if good:
-            pixels = torch.stack([p for _, p in good]).to(device)
+            pixels = encoder.transform.normalise(torch.stack([p for _, p in good])).to(device)
             with autocast(device, options.dtype):
                 embeds = model.encode_image(pixels).float()
             check_finite(embeds, "image")

@@ -62,38 +62,40 @@ def _list_folder(root: Path) -> SourceListing:
     """Every image under `root`; a captions table in it (captions.jsonl/.csv/.tsv) gives
     images their captions. Its image column may name files relative to the folder or,
     when that finds nothing, by file name anywhere below it (captions.tsv beside images/)."""
-    files, escaping = [], {}
+    files: dict[str, Path] = {}  # resolved path -> the path as listed
+    escaping = {}
     for path in image_files(root):
+        real = path.resolve()  # once per file: listing a large folder is mostly this call
         # a symlink to a file outside the folder is not indexed: serving would refuse it anyway
-        if path.resolve().is_relative_to(root):
-            files.append(path)
+        if real.is_relative_to(root):
+            files[str(real)] = path
         else:
             escaping[str(path)] = "a symbolic link out of the indexed folder; not indexed"
     table = next((p for p in sorted(root.iterdir()) if _is_captions_table(p)), None)
     if table is None:
-        return SourceListing(str(root), [_found(ImageRef(str(p.resolve()))) for p in files], escaping)
+        return SourceListing(str(root), [_found(ImageRef(uri)) for uri in files], escaping)
     captions = captions_by_image(captions_source(table))
-    by_path = {str(p.resolve()): p for p in files}
-    names: dict[str, list[Path]] = {}
-    for p in files:
-        names.setdefault(p.name, []).append(p)
+    names: dict[str, list[str]] = {}
+    for uri, p in files.items():
+        names.setdefault(p.name, []).append(uri)
     matched: dict[str, tuple[str, ...]] = {}
     dropped: dict[str, str] = dict(escaping)
     for key, texts in captions.items():
         target = str((root / key).resolve())
-        if target not in by_path:
+        if target not in files:
             candidates = names.get(Path(key).name, [])
-            target = str(candidates[0].resolve()) if len(candidates) == 1 else ""
+            target = candidates[0] if len(candidates) == 1 else ""
         if not target:
             dropped[key] = "captioned image not found in the folder"
         else:
             matched[target] = tuple(dict.fromkeys(texts))
-    images = [_found(ImageRef(uri), matched.get(uri, ())) for uri in (str(p.resolve()) for p in files)]
+    images = [_found(ImageRef(uri), matched.get(uri, ())) for uri in files]
     return SourceListing(str(root), images, dropped)
 
 
 def _is_captions_table(path: Path) -> bool:
-    return path.is_file() and path.stem == "captions" and path.suffix.lower() in TABLE_SUFFIXES
+    # the name first: a stat of every entry of a large folder costs more than the listing
+    return path.stem == "captions" and path.suffix.lower() in TABLE_SUFFIXES and path.is_file()
 
 
 def _absolute(ref: ImageRef) -> ImageRef:
