@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,3 +102,63 @@ def interleaved_rates(runs: dict[str, Callable[[], object]], items: int, rounds:
                 before(name)
             best[name] = max(best[name], per_second(run, items, seconds, device))
     return best
+
+
+# ------------------------------------------------------------------ allocator variants
+#
+# glibc's mallopt switches its adaptive mmap threshold off for the life of the process, so
+# "the default allocator" can only be timed in a process that never called it. Scripts that
+# compare both settings time each in child processes of their own (`--allocator`), rounds
+# alternating between the two, and keep each variant's best round.
+
+ALLOCATORS = ("system", "tuned")
+
+
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options a script's child processes are started with (not for users)."""
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="system", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", default="", help=argparse.SUPPRESS)
+
+
+def start_child(args: argparse.Namespace) -> bool:
+    """In a child process: apply its allocator setting; True if this is one."""
+    if args.allocator == "tuned":
+        from polymodal.runtime import tune_allocator
+
+        tune_allocator(True)
+    return bool(args.child_out)
+
+
+def finish_child(args: argparse.Namespace, rates: dict[str, dict[str, float]]) -> None:
+    Path(args.child_out).write_text(json.dumps(rates))
+
+
+def rates_in_child_processes(script: str, argv: list[str], variants: dict[str, list[str]],
+                             rounds: int = 3) -> dict[str, dict[str, float]]:
+    """{key: {variant: items/s}} from `python script *argv` run as children, `rounds` times
+    per allocator in `variants` ({allocator: [variant, ...]}), alternating allocators; each
+    variant's best round. Variants timed with the tuned allocator get the suffix "_tuned"."""
+    best: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "rates.json"
+        for _ in range(rounds):
+            for allocator, names in variants.items():
+                command = [sys.executable, str(Path(__file__).parent / script), *argv, "--allocator", allocator,
+                           "--variants", ",".join(names), "--child-out", str(out)]
+                subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+                suffix = "_tuned" if allocator == "tuned" else ""
+                for key, rates in json.loads(out.read_text()).items():
+                    row = best.setdefault(key, {})
+                    for name, rate in rates.items():
+                        row[name + suffix] = max(row.get(name + suffix, 0.0), rate)
+    return best
+
+
+def parse_archs(parser: argparse.ArgumentParser, value: str, known: Iterable[str]) -> list[str]:
+    """`--arch a,b` as a list, or a parser error naming the unknown ones and the choices."""
+    names, choices = value.split(","), list(known)
+    unknown = sorted(set(names) - set(choices))
+    if unknown:
+        parser.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return names

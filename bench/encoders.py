@@ -15,7 +15,9 @@ both sides compute the same function. Variants of ours, each against the same pe
 On the CPU every variant is timed with glibc's default allocator (as a transformers user
 runs), and the peer, fp32 and int8 also with the allocator setting polymodal's command line
 applies (polymodal.runtime.tune_allocator; "_tuned" in the results): the peer benefits from
-it too, so both comparisons are reported. All variants are timed in interleaved rounds
+it too, so both comparisons are reported. Each setting is timed in child processes of its
+own (glibc cannot undo the setting within a process), three rounds alternating between the
+two; within a process the variants are timed in interleaved rounds
 (common.interleaved_rates), so a slow spell of the machine hits each alike.
 
 On a GPU (`--device cuda`) the peer also runs under bf16 autocast, and our bf16 is compared
@@ -33,18 +35,26 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import THREADS, interleaved_rates, write_result
+from common import (
+    THREADS,
+    add_child_arguments,
+    finish_child,
+    interleaved_rates,
+    parse_archs,
+    rates_in_child_processes,
+    start_child,
+    write_result,
+)
 from torch import nn
 
 from polymodal.checkpoint import load_state
 from polymodal.convert import config_from_hf, remap_clip_state
 from polymodal.models.dual_encoder import DualEncoder
-from polymodal.runtime import tune_allocator
 
 BATCHES = {"cpu": (1, 64), "cuda": (1, 64, 256)}
 #: timed a second time on the CPU with polymodal.runtime.tune_allocator() on
@@ -93,7 +103,7 @@ def caption_batch(batch: int, vocab: int, context: int, seed: int = 0) -> tuple[
     return ids, mask
 
 
-def _peer_features(output: object) -> torch.Tensor:
+def peer_features(output: object) -> torch.Tensor:
     return getattr(output, "pooler_output", output)  # transformers 5 returns a ModelOutput
 
 
@@ -106,23 +116,50 @@ def quantised(model: DualEncoder) -> DualEncoder:
 
 
 def measure(name: str, config: Any, device: str = "cpu", compile: bool = False) -> dict[str, Any]:
-    peer, ours = build_pair(config, device)
-    # torch.compile'd encoders (inductor), timed after their first call compiled them
-    encode_image = torch.compile(ours.encode_image) if compile else None
-    encode_text = torch.compile(ours.encode_text) if compile else None
-    on_cpu = device == "cpu"
-    int8 = quantised(ours) if on_cpu else None  # torch.ao's dynamic int8 kernels are CPU kernels
-    size = config.vision_config.image_size
-    vocab, context = config.text_config.vocab_size, config.text_config.max_position_embeddings
-    out: dict[str, Any] = {"image_size": size, "parity": {}, "image": {}, "text": {}}
-    largest = max(BATCHES[_kind(device)])
+    """Agreement with the peer, FLOPs per item, and every variant's throughput. On the CPU
+    the timings run in child processes, one allocator setting each (common.ALLOCATORS)."""
+    out = agreement(config, device)
+    if device == "cpu":
+        argv = ["--arch", name, *(["--compile"] if compile else [])]
+        rates = rates_in_child_processes("encoders.py", argv, {"system": [], "tuned": list(TUNED_VARIANTS)})
+    else:
+        rates = timings(config, device, compile)
+    for key, rate in rates.items():
+        modality, batch = key.split("/")
+        row = {f"{v}_per_s": round(r, 1) for v, r in rate.items()}
+        row.update({f"{v}_over_peer": round(rate[v] / rate["peer"], 2)
+                    for v in ("fp32", "bf16", "int8", "compiled", "compiled_bf16", "fp32_tuned", "int8_tuned")
+                    if v in rate})
+        if "peer_tuned" in rate:
+            row["fp32_tuned_over_peer_tuned"] = round(rate["fp32_tuned"] / rate["peer_tuned"], 2)
+        if "peer_bf16" in rate:
+            row["bf16_over_peer_bf16"] = round(rate["bf16"] / rate["peer_bf16"], 2)
+        out[modality][f"batch_{batch}"] = row
+        print(name, modality, batch, row, flush=True)
+    return out
 
+
+def _inputs(config: Any, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random images and captions, as many as the largest batch."""
+    largest = max(BATCHES[_kind(device)])
+    size = config.vision_config.image_size
     pixels = torch.randn(largest, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
-    ids, mask = (t.to(device) for t in caption_batch(largest, vocab, context))
+    ids, mask = (t.to(device) for t in caption_batch(largest, config.text_config.vocab_size,
+                                                         config.text_config.max_position_embeddings))
+    return pixels, ids, mask
+
+
+def agreement(config: Any, device: str) -> dict[str, Any]:
+    """How far each variant's embeddings are from the peer's (fp32) or from our fp32
+    (bf16, int8) at batch 64, and the FLOPs of one image and one caption."""
+    peer, ours = build_pair(config, device)
+    int8 = quantised(ours) if device == "cpu" else None  # torch.ao's dynamic int8 kernels are CPU kernels
+    pixels, ids, mask = _inputs(config, device)
     p64, i64, m64 = pixels[:64], ids[:64], mask[:64]
+    out: dict[str, Any] = {"image_size": config.vision_config.image_size, "parity": {}, "image": {}, "text": {}}
     with torch.inference_mode():
-        reference_image = _peer_features(peer.get_image_features(pixel_values=p64))
-        reference_text = _peer_features(peer.get_text_features(input_ids=i64, attention_mask=m64))
+        reference_image = peer_features(peer.get_image_features(pixel_values=p64))
+        reference_text = peer_features(peer.get_text_features(input_ids=i64, attention_mask=m64))
         image = {"fp32": ours.encode_image(p64, normalize=False)}
         text = {"fp32": ours.encode_text(i64, m64, normalize=False)}
         if int8 is not None:
@@ -138,11 +175,24 @@ def measure(name: str, config: Any, device: str = "cpu", compile: bool = False) 
             parity[f"{variant}_min_cosine_to_fp32"] = float(F.cosine_similarity(got[variant], got["fp32"]).min())
             parity[f"{variant}_max_abs_diff"] = float((got[variant] - got["fp32"]).abs().max())
         out["parity"][modality] = parity
-
     # FLOPs of one item, to read throughput as a share of the matmul ceiling (counted with
     # autograd on: torch's module tracker fails under no_grad and inference_mode)
     out["image"]["gflop_per_item"] = gflop(lambda: ours.encode_image(pixels[:8])) / 8
     out["text"]["gflop_per_item"] = gflop(lambda: ours.encode_text(ids[:8], mask[:8])) / 8
+    return out
+
+
+def timings(config: Any, device: str, compile: bool = False, only: Sequence[str] = (),
+            rounds: int = 3) -> dict[str, dict[str, float]]:
+    """{"image/64": {variant: items/s}, ...}: the variants (all, or `only` these) timed in
+    interleaved rounds at each batch size."""
+    peer, ours = build_pair(config, device)
+    # torch.compile'd encoders (inductor), timed after their first call compiled them
+    encode_image = torch.compile(ours.encode_image) if compile else None
+    encode_text = torch.compile(ours.encode_text) if compile else None
+    int8 = quantised(ours) if device == "cpu" else None
+    pixels, ids, mask = _inputs(config, device)
+    out: dict[str, dict[str, float]] = {}
     for batch in BATCHES[_kind(device)]:
         p, i, m = pixels[:batch], ids[:batch], mask[:batch]
         i = i[:, : int(m.sum(dim=1).max())]  # padded to the longest of this batch
@@ -172,22 +222,9 @@ def measure(name: str, config: Any, device: str = "cpu", compile: bool = False) 
             runs["text"]["peer_bf16"] = lambda i=i, m=m: _bf16(
                 device, lambda: peer.get_text_features(input_ids=i, attention_mask=m))
         for modality, variants in runs.items():
-            if on_cpu:  # each variant again with the allocator setting of polymodal's command line
-                variants.update({f"{v}_tuned": variants[v] for v in TUNED_VARIANTS})
+            chosen = {v: run for v, run in variants.items() if not only or v in only}
             with torch.inference_mode():
-                rates = interleaved_rates(variants, batch, device=device,
-                                          before=lambda v: tune_allocator(v.endswith("_tuned")))
-            tune_allocator(False)
-            row = {f"{v}_per_s": round(r, 1) for v, r in rates.items()}
-            row.update({f"{v}_over_peer": round(rates[v] / rates["peer"], 2)
-                        for v in ("fp32", "bf16", "int8", "compiled", "compiled_bf16", "fp32_tuned", "int8_tuned")
-                        if v in rates})
-            if "peer_tuned" in rates:
-                row["fp32_tuned_over_peer_tuned"] = round(rates["fp32_tuned"] / rates["peer_tuned"], 2)
-            if "peer_bf16" in rates:
-                row["bf16_over_peer_bf16"] = round(rates["bf16"] / rates["peer_bf16"], 2)
-            out[modality][f"batch_{batch}"] = row
-            print(name, modality, batch, row, flush=True)
+                out[f"{modality}/{batch}"] = interleaved_rates(chosen, batch, rounds=rounds, device=device)
     return out
 
 
@@ -215,14 +252,21 @@ def main() -> None:
     parser.add_argument("--arch", default=",".join(configs), help=f"Comma-separated, from: {', '.join(configs)}.")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU.")
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile'd encoders (fp32 and bf16).")
+    add_child_arguments(parser)
     args = parser.parse_args()
     if args.device != "cpu" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no GPU here")
+    archs = parse_archs(parser, args.arch, configs)
     torch.set_num_threads(THREADS)
+    if start_child(args):  # one allocator's timings, for measure() in the parent process
+        (name,) = archs
+        only = [v for v in args.variants.split(",") if v]
+        finish_child(args, timings(configs[name], args.device, args.compile, only, rounds=1))
+        return
     results = {"threads": THREADS, "device": args.device, "fp32_tolerance": FP32_TOLERANCE,
                "peer": "transformers CLIPModel.get_image_features / get_text_features (its default attention)",
                "architectures": {name: measure(name, configs[name], args.device, args.compile)
-                                 for name in args.arch.split(",")}}
+                                 for name in archs}}
     path = write_result("encoders" if args.device == "cpu" else "encoders-cuda", results)
     print(path.read_text())
 

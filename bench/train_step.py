@@ -11,9 +11,11 @@ compared (the largest gradient difference relative to the largest gradient is re
 
 Architectures as in bench/encoders.py: ViT-B/32 (224 px, 12 + 12 layers) and tiny-64 (the
 sizes of our vit-tiny-64 preset). On the CPU each step is timed with glibc's default
-allocator, then again with the setting polymodal's command line applies ("_tuned";
-polymodal.runtime.tune_allocator), which speeds the peer up too. On a GPU (`--device cuda`) both also run under bf16
-autocast and the result goes to train_step-cuda.json.
+allocator, and again with the setting polymodal's command line applies ("_tuned";
+polymodal.runtime.tune_allocator), which speeds the peer up too: each setting in child
+processes of its own (glibc cannot undo it within a process), rounds alternating. On a
+GPU (`--device cuda`) both also run under bf16 autocast and the result goes to
+train_step-cuda.json.
 
     python bench/train_step.py                       # writes bench/results/train_step.json
     python bench/train_step.py --arch tiny-64 --batch 128
@@ -28,13 +30,21 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import THREADS, interleaved_rates, write_result
+from common import (
+    THREADS,
+    add_child_arguments,
+    finish_child,
+    interleaved_rates,
+    parse_archs,
+    rates_in_child_processes,
+    start_child,
+    write_result,
+)
 from encoders import build_pair, caption_batch, clip_configs
 from torch import nn
 
 from polymodal.losses import ClipLoss
 from polymodal.models.dual_encoder import DualEncoder
-from polymodal.runtime import tune_allocator
 
 #: pairs per step by architecture and device: ViT-B/32 at 64 already takes seconds a step on 2 cores
 BATCHES = {"cpu": {"clip-vit-b-32": 32, "tiny-64": 128}, "cuda": {"clip-vit-b-32": 256, "tiny-64": 1024}}
@@ -104,6 +114,26 @@ def parity(peer: nn.Module, ours: DualEncoder, losses: dict[str, Callable[[], to
 
 
 def measure(name: str, config: Any, device: str, batch: int, bf16: bool, compile: bool = False) -> dict[str, Any]:
+    """Agreement of losses and gradients, then each step's throughput. On the CPU the
+    timings run in child processes, one allocator setting each (common.ALLOCATORS)."""
+    peer, ours, losses = _setup(config, device, batch, bf16, compile)
+    out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if bf16 else "fp32",
+                           "parity": parity(peer, ours, losses)}
+    if device == "cpu":
+        argv = ["--arch", name, "--batch", str(batch), *(["--compile"] if compile else [])]
+        rates = rates_in_child_processes("train_step.py", argv, {"system": [], "tuned": []})["step"]
+    else:
+        rates = timings(config, device, batch, bf16, compile)
+    out.update({f"{name}_pairs_per_s": round(rate, 1) for name, rate in rates.items()})
+    out.update({f"{name}_over_peer": round(rate / rates["peer"], 2) for name, rate in rates.items() if name != "peer"})
+    if "peer_tuned" in rates:
+        out["ours_tuned_over_peer_tuned"] = round(rates["ours_tuned"] / rates["peer_tuned"], 2)
+    print(name, out, flush=True)
+    return out
+
+
+def _setup(config: Any, device: str, batch: int, bf16: bool,
+           compile: bool) -> tuple[nn.Module, DualEncoder, dict[str, Callable[[], torch.Tensor]]]:
     peer, ours = build_pair(config, device)
     peer.train()
     ours.train()
@@ -111,21 +141,15 @@ def measure(name: str, config: Any, device: str, batch: int, bf16: bool, compile
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     ids, mask = (t.to(device) for t in caption_batch(batch, config.text_config.vocab_size,
                                                          config.text_config.max_position_embeddings))
-    losses = loss_functions(peer, ours, pixels, ids, mask, device, bf16, compile)
-    out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if bf16 else "fp32",
-                           "parity": parity(peer, ours, losses)}
+    return peer, ours, loss_functions(peer, ours, pixels, ids, mask, device, bf16, compile)
+
+
+def timings(config: Any, device: str, batch: int, bf16: bool, compile: bool = False,
+            rounds: int = 3) -> dict[str, float]:
+    """{step: pairs/s} for the peer's and our training steps, in interleaved rounds."""
+    peer, ours, losses = _setup(config, device, batch, bf16, compile)
     steps = {name: training_step(peer if name == "peer" else ours, loss) for name, loss in losses.items()}
-    if device == "cpu":  # each step again with the allocator setting of polymodal's command line
-        steps.update({f"{name}_tuned": step for name, step in list(steps.items())})
-    rates = interleaved_rates(steps, batch, seconds=3.0, device=device,
-                              before=lambda name: tune_allocator(name.endswith("_tuned")))
-    tune_allocator(False)
-    out.update({f"{name}_pairs_per_s": round(rate, 1) for name, rate in rates.items()})
-    out.update({f"{name}_over_peer": round(rate / rates["peer"], 2) for name, rate in rates.items() if name != "peer"})
-    if "peer_tuned" in rates:
-        out["ours_tuned_over_peer_tuned"] = round(rates["ours_tuned"] / rates["peer_tuned"], 2)
-    print(name, out, flush=True)
-    return out
+    return interleaved_rates(steps, batch, rounds=rounds, seconds=3.0, device=device)
 
 
 def main() -> None:
@@ -135,18 +159,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU.")
     parser.add_argument("--batch", type=int, default=0, help="Pairs per step (default: by architecture and device).")
     parser.add_argument("--compile", action="store_true", help="Also time our step through torch.compile.")
+    add_child_arguments(parser)
     args = parser.parse_args()
     kind = "cpu" if args.device == "cpu" else "cuda"
     if kind == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no GPU here")
-    unknown = set(args.arch.split(",")) - set(configs)
-    if unknown:
-        parser.error(f"unknown architecture(s) {', '.join(sorted(unknown))}; choose from {', '.join(configs)}")
+    archs = parse_archs(parser, args.arch, configs)
     torch.set_num_threads(THREADS)
+    if start_child(args):  # one allocator's timings, for measure() in the parent process
+        (name,) = archs
+        batch = args.batch or BATCHES[kind][name]
+        finish_child(args, {"step": timings(configs[name], args.device, batch, False, args.compile, rounds=1)})
+        return
     results: dict[str, Any] = {"threads": THREADS, "device": args.device, "optimiser": f"AdamW lr={LR} wd=0.1",
                                "peer": "transformers CLIPModel(return_loss=True), its default attention",
                                "architectures": {}}
-    for name in args.arch.split(","):
+    for name in archs:
         batch = args.batch or BATCHES[kind][name]
         runs = {"fp32": measure(name, configs[name], args.device, batch, bf16=False, compile=args.compile)}
         if kind == "cuda":

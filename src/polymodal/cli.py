@@ -13,7 +13,7 @@ from rich.table import Column, Table
 
 from polymodal import __version__
 from polymodal.cli_fusion import ask, caption, explain
-from polymodal.cli_index import dedup, index_app, search, serve
+from polymodal.cli_index import PrecisionOpt, dedup, index_app, search, serve
 from polymodal.errors import PolymodalError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ DataArg = Annotated[str, typer.Argument(help="emoji[:split], class folders, capt
 OutOpt = Annotated[Path | None, typer.Option(help="Report folder; default evals/<task>-<model>-<data>.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Images per batch.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Image-decoding processes.")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32 or bf16.")]
+AutocastOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on a GPU, else fp32), fp32 or bf16.")]
 PlotsOpt = Annotated[bool, typer.Option(help="Draw the report's plots.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
 
@@ -203,8 +203,9 @@ def _run_eval(task: str, model: str, data: str, out: Path | None, batch_size: in
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from polymodal.eval.runner import EvalOptions, run_eval
-    if precision not in ("auto", "fp32", "bf16"):
-        raise PolymodalError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    from polymodal.inference import check_precision
+
+    check_precision(precision)
     options = EvalOptions(batch_size=batch_size, num_workers=workers, precision=precision, device=device,
                           plots=plots)
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -345,7 +346,7 @@ def eval_rerank(
     data: DataArg,
     top: Annotated[int, typer.Option(min=1, help="Re-rank each query's top N images.")] = 20,
     out: OutOpt = None,
-    precision: PrecisionOpt = "auto",
+    precision: AutocastOpt = "auto",
     device: DeviceOpt = "",
 ) -> None:
     """Text->image R@1/5/10 of the dual encoder alone, re-ranked (the fusion model's ITM log-odds plus the dual
@@ -355,8 +356,8 @@ def eval_rerank(
     from polymodal.eval.runner import default_out
     from polymodal.inference import resolve_precision
 
-    if precision not in ("auto", "fp32", "bf16"):
-        raise PolymodalError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision not in ("auto", "fp32", "bf16"):  # the fusion model's layers are not quantised
+        raise PolymodalError(f"--precision must be auto, fp32 or bf16 here, got {precision!r}")
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

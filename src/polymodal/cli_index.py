@@ -39,6 +39,9 @@ ModelOpt = Annotated[str | None, typer.Option(
     help="Model directory (or 'quickstart'); default: the model that built the store.")]
 ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --model differs from its model.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
+PrecisionOpt = Annotated[str, typer.Option(help=(
+    "auto (bf16 on a GPU, else fp32), fp32, bf16, or int8: Linear layers quantised, on the CPU "
+    "(1.5-2.4x fp32's speed at batch 64, embeddings within cosine 0.996 of fp32's)."))]
 BackendOpt = Annotated[str | None, typer.Option(
     help="Search index: exact, hnsw, ivfpq, lsh, binary or kdtree; default: the store's (exact).")]
 ParamOpt = Annotated[list[str] | None, typer.Option(
@@ -96,15 +99,17 @@ def index_update(
         min=1, help="Skip images with more pixels than this (decompression-bomb guard).")] = 178_956_970,
     flush_every: Annotated[int, typer.Option(min=1, help="Vectors per commit: what a killed run redoes.")] = 1024,
     device: DeviceOpt = "",
+    precision: PrecisionOpt = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create or update a store from SOURCE (only new or changed files are embedded)."""
     from polymodal.index.api import index
     from polymodal.index.pipeline import IndexOptions
+    from polymodal.inference import check_precision
 
     options = IndexOptions(batch_size=batch_size, num_workers=workers, flush_every=flush_every,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, precision=check_precision(precision))
     spec = _index_spec(backend, param, rerank, memory_budget)
     if quiet or as_json:
         result = index(source, store, model, reembed=reembed, options=options, device=device, spec=spec)

@@ -412,3 +412,22 @@ def test_cli_lists_jobs_and_watches_one_from_its_log(tmp_path: Path, model_dir: 
     watched = runner.invoke(app, ["index", "watch", str(store), failing.id], env=ENV)
     assert watched.exit_code == 1 and "failed: RuntimeError: disk full" in watched.stdout
     assert runner.invoke(app, ["index", "watch", str(store), "../../x"], env=ENV).exit_code != 0
+
+
+def test_int8_precision_stores_vectors_close_to_fp32_and_unknown_precisions_are_refused(
+        tmp_path: Path, model_dir: Path) -> None:
+    photos = make_photos(tmp_path / "photos", n=6)
+    result = runner.invoke(app, ["index", "update", str(photos), "--model", str(model_dir), "--precision", "int8",
+                                 "--workers", "0", "--quiet"], env=ENV)
+    assert result.exit_code == 0, result.output
+    uris = live_uris(tmp_path / "photos.pm")
+    with Store(tmp_path / "photos.pm") as store:
+        got = store.vectors([store.find(uri, "image").id for uri in uris])  # type: ignore[union-attr]
+    expected = expected_vectors(model_dir, uris)
+    assert (got * expected).sum(axis=1).min() > 0.98  # unit vectors: the cosines
+    assert not np.allclose(got, expected, atol=1e-5)  # quantised, not the fp32 model
+    proc = subprocess.run([sys.executable, "-m", "polymodal.cli", "index", "update", str(photos), "--model",
+                           str(model_dir), "--precision", "fp16", "--store", str(tmp_path / "other.pm")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "must be one of auto, fp32, bf16, int8, got 'fp16'" in proc.stderr
+    assert not (tmp_path / "other.pm").exists()  # refused before anything was written

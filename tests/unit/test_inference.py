@@ -1,10 +1,12 @@
 """Bulk text embedding: batches of similar token length, cut to their longest text, and
 results in the caller's order, equal to embedding each text alone."""
 
+import pytest
 import torch
 
 from polymodal import inference
 from polymodal.config import TokenizerConfig
+from polymodal.errors import ConfigError
 from polymodal.inference import embed_texts, text_features
 from polymodal.models import DualEncoder
 from polymodal.tokenizer import Tokenizer, train_bpe
@@ -55,3 +57,30 @@ def test_batches_hold_similar_lengths_and_are_cut_to_their_longest(monkeypatch) 
 def test_no_texts_give_an_empty_result() -> None:
     model, tokenizer = model_and_tokenizer()
     assert embed_texts(model, tokenizer, []).numel() == 0
+
+
+def test_int8_quantises_every_linear_layer_and_stays_close_to_fp32() -> None:
+    model, tokenizer = model_and_tokenizer()
+    many = texts(20)
+    pixels = torch.randn(6, 3, model.config.vision.image_size, model.config.vision.image_size)
+    with torch.inference_mode():
+        fp32_texts, fp32_images = embed_texts(model, tokenizer, many), model.encode_image(pixels)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    quantised = inference.quantise_int8(model)
+    kinds = {type(m).__name__ for m in quantised.modules()}
+    assert not any(type(m) is torch.nn.Linear for m in quantised.modules()), kinds
+    assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantised.modules()) == linears
+    with torch.inference_mode():
+        int8_texts, int8_images = embed_texts(quantised, tokenizer, many), quantised.encode_image(pixels)
+    for got, expected in ((int8_texts, fp32_texts), (int8_images, fp32_images)):
+        cosine = torch.nn.functional.cosine_similarity(got, expected)
+        assert cosine.min() > 0.98 and not torch.equal(got, expected)
+
+
+def test_int8_is_refused_off_the_cpu_and_unknown_precisions_are_named() -> None:
+    model, _ = model_and_tokenizer()
+    with pytest.raises(ConfigError, match="runs on the CPU; the model is on meta"):
+        inference.quantise_int8(model.to("meta"))
+    with pytest.raises(ConfigError, match="auto, fp32, bf16, int8, got 'fp16'"):
+        inference.check_precision("fp16")
+    assert inference.resolve_precision("int8", torch.device("cpu")) is None

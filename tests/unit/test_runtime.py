@@ -2,6 +2,8 @@
 mallopt, skipped on request, and harmless to the numbers a model computes."""
 
 import ctypes
+import os
+import subprocess
 import sys
 
 import pytest
@@ -61,3 +63,40 @@ def test_the_real_allocator_setting_changes_no_result() -> None:
             runtime.tune_allocator(False)
     assert all(torch.equal(t, expected) for t in tuned)
     assert isinstance(runtime._glibc(), ctypes.CDLL)
+
+
+# Run in a fresh interpreter: mallopt settings outlive the call, and the count of blocks
+# glibc has mmapped (mallinfo2().hblks) must start from a process that never tuned.
+_MMAPPED_BLOCKS_AFTER_A_LARGE_ALLOCATION = """
+import ctypes, sys
+from polymodal import runtime
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                 "fordblks", "keepcost")]
+
+libc = runtime._glibc()
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+if sys.argv[1] == "tuned":
+    assert runtime.tune_allocator()
+before = libc.mallinfo2().hblks
+block = libc.malloc(64 << 20)  # far above any mmap threshold glibc would use by default
+print(libc.mallinfo2().hblks - before)
+libc.free(ctypes.c_void_p(block))
+"""
+
+
+@glibc_only
+@pytest.mark.parametrize(("setting", "new_mmapped_blocks"), [("system", 1), ("tuned", 0)])
+def test_tuned_processes_serve_large_blocks_from_the_heap(setting: str, new_mmapped_blocks: int) -> None:
+    # Checks glibc's own account, so a wrong mallopt parameter number (which glibc accepts
+    # and ignores) fails here.
+    libc = runtime._glibc()
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("mallinfo2 needs glibc 2.33")
+    env = {**os.environ, "POLYMODAL_ALLOCATOR": "tuned"}
+    done = subprocess.run([sys.executable, "-c", _MMAPPED_BLOCKS_AFTER_A_LARGE_ALLOCATION, setting],
+                          capture_output=True, text=True, env=env, check=True)
+    assert int(done.stdout) == new_mmapped_blocks

@@ -31,7 +31,7 @@ TASKS = ("retrieval", "zeroshot", "linear-probe", "weat")
 class EvalOptions:
     batch_size: int = 128
     num_workers: int = 0  # image-decoding processes
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (see polymodal.inference.PRECISIONS)
     device: str = ""  # "" = CUDA when available
     plots: bool = True
 
@@ -80,6 +80,10 @@ def load_for_eval(spec: str, options: EvalOptions) -> LoadedModel:
     model = load_model(path, device=check_device(options.device) if options.device else None)
     # a polymodal directory's card holds the id of its weights file; a converted one has none yet
     mid = model_id(model.state_dict()) if is_hf_clip_dir(path) else read_card(path).model_id
+    if options.precision == "int8":  # after the id: the vectors are still this model's, approximated
+        from polymodal.inference import quantise_int8
+
+        model = quantise_int8(model)
     return LoadedModel(model, get_tokenizer(path), get_transforms(model.config), path, mid)
 
 

@@ -34,11 +34,11 @@ def default_store_path(source: str) -> Path:
     return path.with_name(path.stem + ".pm") if path.suffix else path.with_name(path.name + ".pm")
 
 
-def load_encoder(model: str, device: str = "") -> LoadedModel:
-    return load_for_eval(model, EvalOptions(device=device))
+def load_encoder(model: str, device: str = "", precision: str = "auto") -> LoadedModel:
+    return load_for_eval(model, EvalOptions(device=device, precision=precision))
 
 
-def store_model(store_path: Path, model: str | None, device: str = "") -> LoadedModel:
+def store_model(store_path: Path, model: str | None, device: str = "", precision: str = "auto") -> LoadedModel:
     """The model that made the store's vectors: `model` when given (it must be the same
     one), else the one the manifest points to."""
     from polymodal.index.manifest import Manifest
@@ -48,7 +48,7 @@ def store_model(store_path: Path, model: str | None, device: str = "") -> Loaded
     if not model and not Path(spec).is_dir():
         raise StoreError(f"{store_path} was built with model {manifest.model_id} from {spec or '(unknown)'}, "
                          "which is not there any more; pass --model with that model")
-    loaded = load_encoder(spec, device)
+    loaded = load_encoder(spec, device, precision)
     check_provenance(store_path, manifest.model_id, loaded)
     return loaded
 
@@ -126,7 +126,8 @@ def _index_job(source: str, path: Path, model: str | None, exists: bool, reembed
         if exists and reembed and model:
             result = reembed_store(path, model, extra_source=source, options=options, device=device, job=job)
         else:
-            loaded = store_model(path, model, device) if exists else load_encoder(str(model), device)
+            loaded = store_model(path, model, device, options.precision) if exists \
+                else load_encoder(str(model), device, options.precision)
             with Store.open_or_create(path, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,
                                       model_path=str(loaded.path.resolve())) as opened:
                 result = _update(opened, loaded, [source], options, spec, job)
@@ -144,7 +145,7 @@ def update_from_roots(store_path: str | Path, *, options: IndexOptions = DEFAULT
         roots = current.roots
     with JobLog(path, ", ".join(roots), [on_event] if on_event else [], job_id) as job:
         if loaded is None:
-            loaded = store_model(path, None, device)
+            loaded = store_model(path, None, device, options.precision)
         else:
             check_provenance(path, Manifest.read(path).model_id, loaded)
         with Store(path, writable=True) as opened:
@@ -177,7 +178,7 @@ def reembed_store(path: Path, model: str, extra_source: str | None = None, optio
         spec = IndexSpec(config.get("backend"), config.get("params"), config.get("rerank"))
     if extra_source and extra_source not in sources and str(Path(extra_source).resolve()) not in sources:
         sources.append(extra_source)
-    loaded = load_encoder(model, device)
+    loaded = load_encoder(model, device, options.precision)
     tmp = path.parent / f".{path.name}.reembed-{uuid.uuid4().hex[:8]}"
     try:
         with Store.create(tmp, model_id=loaded.model_id, dim=loaded.model.config.embed_dim,

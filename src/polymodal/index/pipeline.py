@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from polymodal.eval.embed import ImageDataset, check_finite, keep_items
 from polymodal.index.reader import Found, Plan, Progress, SourceListing, image_metadata, list_source, plan_run
 from polymodal.index.store import NewItem, Store
-from polymodal.inference import autocast, embed_texts, model_device
+from polymodal.inference import autocast, embed_texts, model_device, resolve_precision
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.tokenizer import Tokenizer
 from polymodal.transforms import DEFAULT_MAX_PIXELS, ImageTransform
@@ -30,7 +30,7 @@ class IndexOptions:
     num_workers: int = 0  # image-decoding processes; 0 decodes in this process
     flush_every: int = 1024  # vectors per commit: the most a killed run has to redo
     max_pixels: int | None = DEFAULT_MAX_PIXELS
-    dtype: torch.dtype | None = None  # autocast dtype, None = fp32
+    precision: str = "auto"  # polymodal.inference.PRECISIONS; int8 is applied when the model is loaded
     hash_threads: int = 4
 
 
@@ -109,7 +109,7 @@ def encode_batches(encoder: Encoder, found: Sequence[Found], options: IndexOptio
         vectors = np.empty((0, model.config.embed_dim), dtype=np.float32)
         if good:
             pixels = encoder.transform.normalise(torch.stack([p for _, p in good])).to(device)
-            with autocast(device, options.dtype):
+            with autocast(device, resolve_precision(options.precision, device)):
                 embeds = model.encode_image(pixels).float()
             check_finite(embeds, "image")
             vectors = embeds.cpu().numpy()
@@ -152,7 +152,8 @@ def _add_captions(store: Store, encoder: Encoder, plan: Plan, listing: SourceLis
         new = list({c.key: c.text or "" for c in part if c.key not in known}.items())
         vectors = np.zeros((len(part), store.manifest.dim), dtype=np.float32)
         if new:
-            embeds = embed_texts(encoder.model, encoder.tokenizer, [text for _, text in new], dtype=options.dtype)
+            dtype = resolve_precision(options.precision, model_device(encoder.model))
+            embeds = embed_texts(encoder.model, encoder.tokenizer, [text for _, text in new], dtype=dtype)
             check_finite(embeds, "text")
             row_of = {key: row for row, (key, _) in enumerate(new)}
             for n, item in enumerate(part):
