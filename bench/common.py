@@ -90,16 +90,13 @@ def per_second(run: Callable[[], object], items: int, seconds: float = 3.0, devi
 
 
 def interleaved_rates(runs: dict[str, Callable[[], object]], items: int, rounds: int = 3, seconds: float = 1.0,
-                      device: str = "cpu", before: Callable[[str], object] | None = None) -> dict[str, float]:
+                      device: str = "cpu") -> dict[str, float]:
     """Items per second of each run, timed in `rounds` interleaved rounds (a, b, c, a, b, c,
     ...) so that a slow spell of a shared machine hits every variant alike; each figure is
-    the best round's median. `before(name)` is called ahead of each timing (a setting to
-    switch, say)."""
+    the best round's median."""
     best = dict.fromkeys(runs, 0.0)
     for _ in range(rounds):
         for name, run in runs.items():
-            if before is not None:
-                before(name)
             best[name] = max(best[name], per_second(run, items, seconds, device))
     return best
 
@@ -126,7 +123,8 @@ def start_child(args: argparse.Namespace) -> bool:
     if args.allocator == "tuned":
         from polymodal.runtime import tune_allocator
 
-        tune_allocator(True)
+        if not tune_allocator(True):
+            raise SystemExit("the tuned allocator could not be applied here (not glibc?)")
     return bool(args.child_out)
 
 
@@ -140,13 +138,15 @@ def rates_in_child_processes(script: str, argv: list[str], variants: dict[str, l
     per allocator in `variants` ({allocator: [variant, ...]}), alternating allocators; each
     variant's best round. Variants timed with the tuned allocator get the suffix "_tuned"."""
     best: dict[str, dict[str, float]] = {}
+    env = {k: v for k, v in os.environ.items() if k != "POLYMODAL_ALLOCATOR"} | {"OMP_NUM_THREADS": str(THREADS)}
+    order = list(variants.items())
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "rates.json"
-        for _ in range(rounds):
-            for allocator, names in variants.items():
+        for round_ in range(rounds):
+            for allocator, names in order if round_ % 2 == 0 else order[::-1]:  # neither always goes first
                 command = [sys.executable, str(Path(__file__).parent / script), *argv, "--allocator", allocator,
                            "--variants", ",".join(names), "--child-out", str(out)]
-                subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+                subprocess.run(command, check=True, env=env)
                 suffix = "_tuned" if allocator == "tuned" else ""
                 for key, rates in json.loads(out.read_text()).items():
                     row = best.setdefault(key, {})
@@ -155,10 +155,12 @@ def rates_in_child_processes(script: str, argv: list[str], variants: dict[str, l
     return best
 
 
-def parse_archs(parser: argparse.ArgumentParser, value: str, known: Iterable[str]) -> list[str]:
-    """`--arch a,b` as a list, or a parser error naming the unknown ones and the choices."""
-    names, choices = value.split(","), list(known)
+def parse_names(parser: argparse.ArgumentParser, value: str, known: Iterable[str],
+                noun: str = "architecture") -> list[str]:
+    """A comma-separated option value (`--arch a,b`) as a list, or a parser error naming the
+    unknown names and the choices."""
+    names, choices = [n.strip() for n in value.split(",") if n.strip()], list(known)
     unknown = sorted(set(names) - set(choices))
     if unknown:
-        parser.error(f"unknown architecture(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
+        parser.error(f"unknown {noun}(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
     return names

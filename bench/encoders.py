@@ -45,7 +45,7 @@ from common import (
     add_child_arguments,
     finish_child,
     interleaved_rates,
-    parse_archs,
+    parse_names,
     rates_in_child_processes,
     start_child,
     write_result,
@@ -54,6 +54,7 @@ from torch import nn
 
 from polymodal.checkpoint import load_state
 from polymodal.convert import config_from_hf, remap_clip_state
+from polymodal.inference import quantise_int8
 from polymodal.models.dual_encoder import DualEncoder
 
 BATCHES = {"cpu": (1, 64), "cuda": (1, 64, 256)}
@@ -108,11 +109,8 @@ def peer_features(output: object) -> torch.Tensor:
 
 
 def quantised(model: DualEncoder) -> DualEncoder:
-    import warnings
-
-    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated for torchao, still shipped
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    """A copy with int8 Linear layers, as `--precision int8` makes it."""
+    return quantise_int8(copy.deepcopy(model))
 
 
 def measure(name: str, config: Any, device: str = "cpu", compile: bool = False) -> dict[str, Any]:
@@ -256,7 +254,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.device != "cpu" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no GPU here")
-    archs = parse_archs(parser, args.arch, configs)
+    archs = parse_names(parser, args.arch, configs)
     torch.set_num_threads(THREADS)
     if start_child(args):  # one allocator's timings, for measure() in the parent process
         (name,) = archs

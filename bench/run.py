@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import summary
+from common import parse_names
 
 BENCH = Path(__file__).parent
 SCRIPTS = ("ceilings", "search", "encoders", "text_bulk", "train_step", "ingest", "serve_load",
@@ -32,10 +33,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCRIPTS), help=f"Comma-separated, from: {', '.join(SCRIPTS)}.")
     parser.add_argument("--table", action="store_true", help="Skip the benchmarks; rewrite the table only.")
     args = parser.parse_args()
-    chosen = [] if args.table else [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(SCRIPTS))
-    if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
+    chosen = [] if args.table else parse_names(parser, args.only, SCRIPTS, "benchmark")
     failed = []
     for name in chosen:
         start = time.perf_counter()

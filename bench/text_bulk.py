@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import THREADS, interleaved_rates, parse_archs, write_result
+from common import THREADS, interleaved_rates, parse_names, write_result
 from encoders import build_pair, clip_configs, peer_features
 from tokenizers import Tokenizer as Backend
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default=",".join(COUNT), help=f"Comma-separated, from: {', '.join(COUNT)}.")
     args = parser.parse_args()
-    archs = parse_archs(parser, args.arch, COUNT)
+    archs = parse_names(parser, args.arch, COUNT)
     torch.set_num_threads(THREADS)
     results = {"threads": THREADS, "architectures": {name: measure(name, configs[name], COUNT[name])
                                                      for name in archs}}

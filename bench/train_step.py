@@ -26,7 +26,7 @@ train_step-cuda.json.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -35,7 +35,7 @@ from common import (
     add_child_arguments,
     finish_child,
     interleaved_rates,
-    parse_archs,
+    parse_names,
     rates_in_child_processes,
     start_child,
     write_result,
@@ -144,11 +144,13 @@ def _setup(config: Any, device: str, batch: int, bf16: bool,
     return peer, ours, loss_functions(peer, ours, pixels, ids, mask, device, bf16, compile)
 
 
-def timings(config: Any, device: str, batch: int, bf16: bool, compile: bool = False,
+def timings(config: Any, device: str, batch: int, bf16: bool, compile: bool = False, only: Sequence[str] = (),
             rounds: int = 3) -> dict[str, float]:
-    """{step: pairs/s} for the peer's and our training steps, in interleaved rounds."""
+    """{step: pairs/s} for the peer's and our training steps (all, or `only` these), in
+    interleaved rounds."""
     peer, ours, losses = _setup(config, device, batch, bf16, compile)
-    steps = {name: training_step(peer if name == "peer" else ours, loss) for name, loss in losses.items()}
+    steps = {name: training_step(peer if name == "peer" else ours, loss) for name, loss in losses.items()
+             if not only or name in only}
     return interleaved_rates(steps, batch, rounds=rounds, seconds=3.0, device=device)
 
 
@@ -164,12 +166,13 @@ def main() -> None:
     kind = "cpu" if args.device == "cpu" else "cuda"
     if kind == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no GPU here")
-    archs = parse_archs(parser, args.arch, configs)
+    archs = parse_names(parser, args.arch, configs)
     torch.set_num_threads(THREADS)
     if start_child(args):  # one allocator's timings, for measure() in the parent process
         (name,) = archs
         batch = args.batch or BATCHES[kind][name]
-        finish_child(args, {"step": timings(configs[name], args.device, batch, False, args.compile, rounds=1)})
+        only = [v for v in args.variants.split(",") if v]
+        finish_child(args, {"step": timings(configs[name], args.device, batch, False, args.compile, only, rounds=1)})
         return
     results: dict[str, Any] = {"threads": THREADS, "device": args.device, "optimiser": f"AdamW lr={LR} wd=0.1",
                                "peer": "transformers CLIPModel(return_loss=True), its default attention",

@@ -42,7 +42,7 @@ def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     2-core AVX-512-BF16 reference machine, bf16 autocast made the small presets slower
     (attention, norms and casts dominate there; see BENCHMARKS.md), so it is opt-in.
     """
-    if setting in ("fp32", "int8"):
+    if check_precision(setting) in ("fp32", "int8"):
         return None
     if setting == "bf16":
         return torch.bfloat16
@@ -55,9 +55,10 @@ def quantise_int8(model: M) -> M:
     """`model` with every Linear layer dynamically quantised to int8 (weights stored as
     int8, activations quantised per batch; torch.ao), in place, for inference only.
 
-    On the reference CPU (AVX-512 VNNI) this embeds 1.5-2.4x faster at batch 64 than fp32,
-    and the embeddings keep a cosine of at least 0.996 to fp32 (bench/encoders.py); small
-    batches gain little. torch's int8 kernels are CPU kernels: a model on a GPU is refused.
+    On the reference CPU (AVX-512 VNNI) this embeds 1.3-2.4x faster than fp32 at batch 64
+    (the most for ViT-B/32, the least for 64-px images), and the embeddings keep a cosine of
+    at least 0.996 to fp32's (bench/encoders.py). At batch 1 small models gain little.
+    torch's int8 kernels are CPU kernels: a model on a GPU is refused.
     """
     device = model_device(model)
     if device.type != "cpu":

@@ -64,6 +64,24 @@ def test_eval_retrieval_matches_the_library_and_writes_the_report(model_dir: Pat
     assert "mean_recall" in result.output and str(out / "report.md") in " ".join(result.output.split())
 
 
+def test_eval_retrieval_in_int8_equals_evaluating_the_quantised_model(model_dir: Path, tmp_path: Path) -> None:
+    from polymodal.inference import quantise_int8
+
+    captions = make_shapes_dataset(tmp_path / "data", per_class=2)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["eval", "retrieval", str(model_dir), str(tmp_path / "data"), "--out", str(out),
+                                 "--precision", "int8", "--no-plots"], env=ENV)
+    assert result.exit_code == 0, result.output
+    saved = _result(out)
+    model = quantise_int8(load_model(model_dir, device="cpu"))
+    direct = evaluate_retrieval(model, get_tokenizer(model_dir), get_transforms(model.config),
+                                load_source(CaptionsSource(file=str(captions), caption_columns=("captions",))))
+    assert saved["info"]["precision"] == "int8"
+    assert saved["info"]["model_id"] == read_card(model_dir).model_id  # the fp32 model's id
+    for name in ("t2i_r1", "i2t_r5", "t2i_map", "mean_recall"):
+        assert saved["metrics"][name] == pytest.approx(direct.metrics[name])
+
+
 def test_eval_zeroshot_and_linear_probe_on_class_folders(model_dir: Path, classes_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "zs"
     result = runner.invoke(app, ["eval", "zeroshot", str(model_dir), str(classes_dir), "--out", str(out),

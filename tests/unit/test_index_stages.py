@@ -83,3 +83,29 @@ def test_writer_commits_every_flush(tmp_path: Path, encoder: Encoder) -> None:
     report = index_source(store, encoder, str(tmp_path / "src"), IndexOptions(batch_size=2, flush_every=3))
     assert report.embedded == 7 and generations == [4, 3]  # flushed after 4 (>= 3), then the rest
     assert len(list((store.path / VECTOR_DIR).iterdir())) == 2
+
+
+def test_links_within_the_folder_are_one_item_and_any_alias_names_its_captions(tmp_path: Path) -> None:
+    real, other = photos(tmp_path / "src" / "images", 2)
+    (real.parent / "zz-link.png").symlink_to(real)  # listed after the file it points to
+    # keyed by bare file names, found anywhere below the table (captions.tsv beside images/)
+    (tmp_path / "src" / "captions.tsv").write_text(f"image\tcaption\nzz-link.png\ta linked photo\n"
+                                                   f"{other.name}\tanother photo\n")
+    listing = list_source(str(tmp_path / "src"))
+    assert sorted(f.uri for f in listing.images) == sorted(str(p.resolve()) for p in (real, other))
+    captions = {Path(f.uri).name: f.captions for f in listing.images}
+    assert captions == {real.name: ("a linked photo",), other.name: ("another photo",)} and not listing.dropped
+
+
+def test_transparent_images_are_indexed_on_the_models_background(tmp_path: Path) -> None:
+    # the batch path (decoding workers) must composite as the query path does
+    from polymodal.config import PreprocessConfig
+    from polymodal.data.records import ImageRef
+    from polymodal.eval.embed import ImageDataset
+    from polymodal.transforms import ImageTransform
+
+    Image.new("RGBA", (8, 8), (200, 10, 10, 0)).save(tmp_path / "clear.png")
+    transform = ImageTransform(PreprocessConfig(image_size=4, background=(0, 0, 0)))
+    _, crop, reason = ImageDataset([ImageRef(str(tmp_path / "clear.png"))], transform)[0]
+    assert reason == "" and crop is not None and int(crop.max()) == 0
+    assert torch.equal(transform.normalise(crop), transform(tmp_path / "clear.png"))

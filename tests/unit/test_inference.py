@@ -84,3 +84,22 @@ def test_int8_is_refused_off_the_cpu_and_unknown_precisions_are_named() -> None:
     with pytest.raises(ConfigError, match="auto, fp32, bf16, int8, got 'fp16'"):
         inference.check_precision("fp16")
     assert inference.resolve_precision("int8", torch.device("cpu")) is None
+
+
+def test_int8_quantises_a_hugging_face_text_tower() -> None:
+    # The quickstart's text tower is MiniLM (a transformers BertModel), not our own layers.
+    from polymodal.config import HFTextConfig
+
+    torch.manual_seed(0)
+    model = DualEncoder(tiny_config(text=HFTextConfig(pool="mean", context_length=16))).eval()
+    ids = torch.randint(1000, 5000, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[2:, 6:] = 0
+    with torch.inference_mode():
+        expected = model.encode_text(ids, mask)
+    inference.quantise_int8(model)
+    assert not any(type(m) is torch.nn.Linear for m in model.text.modules())
+    with torch.inference_mode():
+        got = model.encode_text(ids, mask)
+    cosine = torch.nn.functional.cosine_similarity(got, expected)
+    assert cosine.min() > 0.98 and not torch.equal(got, expected)

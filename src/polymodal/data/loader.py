@@ -76,7 +76,7 @@ class PairDataset(Dataset[Sample]):
             rng = np.random.default_rng([self.seed, epoch, i])
             caption = int(rng.integers(len(record.captions)))
             try:
-                image = record.image.load(self.max_pixels)
+                image = record.image.load(self.max_pixels, self.transform.cfg.background)
             except ImageDecodeError as err:
                 skipped.append((record.image.name, str(err)))
                 continue

@@ -35,11 +35,13 @@ class ImageRef:
             f.seek(self.offset)
             return f.read(self.size)
 
-    def load(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-        """Decoded RGB image; ImageDecodeError (naming this image) when unreadable."""
+    def load(self, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+        """Decoded RGB image, transparency composited on `background`; ImageDecodeError
+        (naming this image) when unreadable."""
         if not self.member:
-            return load_image(Path(self.path), max_pixels)
-        return load_image(self.read_bytes(), max_pixels, name=self.name)
+            return load_image(Path(self.path), max_pixels, background)
+        return load_image(self.read_bytes(), max_pixels, background, name=self.name)
 
 
 @dataclass(frozen=True)

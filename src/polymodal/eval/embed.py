@@ -43,7 +43,8 @@ class ImageDataset(Dataset[tuple[int, torch.Tensor | None, str]]):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return i, self.transform.pixels(self.refs[i].load(self.max_pixels)), ""
+            image = self.refs[i].load(self.max_pixels, self.transform.cfg.background)
+            return i, self.transform.pixels(image), ""
         except ImageDecodeError as err:
             return i, None, str(err)
 
@@ -55,7 +56,7 @@ def pixel_batches(records: Sequence[PairRecord], preprocess: PreprocessConfig, b
     transform = ImageTransform(preprocess)
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
-        yield chunk, torch.stack([transform(r.image.load()) for r in chunk]).to(device)
+        yield chunk, torch.stack([transform(r.image.load(background=preprocess.background)) for r in chunk]).to(device)
 
 
 def keep_items(items: list[tuple[int, torch.Tensor | None, str]]) -> list[tuple[int, torch.Tensor | None, str]]:

@@ -35,6 +35,11 @@ class EvalOptions:
     device: str = ""  # "" = CUDA when available
     plots: bool = True
 
+    def __post_init__(self) -> None:
+        from polymodal.inference import check_precision
+
+        check_precision(self.precision)
+
 
 def resolve_model_dir(spec: str) -> Path:
     """A model directory, or "quickstart" for the model `polymodal quickstart` trained."""
@@ -77,7 +82,9 @@ def load_for_eval(spec: str, options: EvalOptions) -> LoadedModel:
     from polymodal.factory import get_tokenizer, get_transforms, load_model
 
     path = resolve_model_dir(spec)
-    model = load_model(path, device=check_device(options.device) if options.device else None)
+    # int8 kernels are CPU kernels: without a device named, an int8 model stays on the CPU
+    device = check_device(options.device) if options.device else "cpu" if options.precision == "int8" else None
+    model = load_model(path, device=device)
     # a polymodal directory's card holds the id of its weights file; a converted one has none yet
     mid = model_id(model.state_dict()) if is_hf_clip_dir(path) else read_card(path).model_id
     if options.precision == "int8":  # after the id: the vectors are still this model's, approximated

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from polymodal.eval.embed import ImageDataset, check_finite, keep_items
 from polymodal.index.reader import Found, Plan, Progress, SourceListing, image_metadata, list_source, plan_run
 from polymodal.index.store import NewItem, Store
-from polymodal.inference import autocast, embed_texts, model_device, resolve_precision
+from polymodal.inference import autocast, check_precision, embed_texts, model_device, resolve_precision
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.tokenizer import Tokenizer
 from polymodal.transforms import DEFAULT_MAX_PIXELS, ImageTransform
@@ -30,8 +30,14 @@ class IndexOptions:
     num_workers: int = 0  # image-decoding processes; 0 decodes in this process
     flush_every: int = 1024  # vectors per commit: the most a killed run has to redo
     max_pixels: int | None = DEFAULT_MAX_PIXELS
-    precision: str = "auto"  # polymodal.inference.PRECISIONS; int8 is applied when the model is loaded
+    # polymodal.inference.PRECISIONS; int8 is applied when the model is loaded. fp32 by
+    # default, also on GPUs: queries are embedded in fp32, and a store's vectors should match.
+    precision: str = "fp32"
     hash_threads: int = 4
+
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 DEFAULT_OPTIONS = IndexOptions()

@@ -62,22 +62,23 @@ def _list_folder(root: Path) -> SourceListing:
     """Every image under `root`; a captions table in it (captions.jsonl/.csv/.tsv) gives
     images their captions. Its image column may name files relative to the folder or,
     when that finds nothing, by file name anywhere below it (captions.tsv beside images/)."""
-    files: dict[str, Path] = {}  # resolved path -> the path as listed
+    files: dict[str, list[Path]] = {}  # resolved path (the item's uri) -> the paths listed for it
     escaping = {}
     for path in image_files(root):
         real = path.resolve()  # once per file: listing a large folder is mostly this call
         # a symlink to a file outside the folder is not indexed: serving would refuse it anyway
         if real.is_relative_to(root):
-            files[str(real)] = path
+            files.setdefault(str(real), []).append(path)  # links within the folder: one item
         else:
             escaping[str(path)] = "a symbolic link out of the indexed folder; not indexed"
     table = next((p for p in sorted(root.iterdir()) if _is_captions_table(p)), None)
     if table is None:
         return SourceListing(str(root), [_found(ImageRef(uri)) for uri in files], escaping)
     captions = captions_by_image(captions_source(table))
-    names: dict[str, list[str]] = {}
-    for uri, p in files.items():
-        names.setdefault(p.name, []).append(uri)
+    names: dict[str, list[str]] = {}  # file name -> the uris listed under it (any alias's name)
+    for uri, paths in files.items():
+        for name in dict.fromkeys(p.name for p in paths):
+            names.setdefault(name, []).append(uri)
     matched: dict[str, tuple[str, ...]] = {}
     dropped: dict[str, str] = dict(escaping)
     for key, texts in captions.items():
