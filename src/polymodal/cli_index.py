@@ -39,9 +39,9 @@ ModelOpt = Annotated[str | None, typer.Option(
     help="Model directory (or 'quickstart'); default: the model that built the store.")]
 ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --model differs from its model.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
-PrecisionOpt = Annotated[str, typer.Option(help=(
-    "auto (bf16 on a GPU, else fp32), fp32, bf16, or int8: Linear layers quantised, on the CPU "
-    "(1.3-2.4x fp32's speed at batch 64, embeddings within cosine 0.996 of fp32's)."))]
+_INT8_HELP = ("int8: Linear layers quantised, on the CPU (1.3-2.4x fp32's speed at batch 64, embeddings within "
+              "cosine 0.996 of fp32's; check the evaluation: small models lose some recall).")
+PrecisionOpt = Annotated[str, typer.Option(help=f"auto (bf16 on a GPU, else fp32), fp32, bf16, or {_INT8_HELP}")]
 BackendOpt = Annotated[str | None, typer.Option(
     help="Search index: exact, hnsw, ivfpq, lsh, binary or kdtree; default: the store's (exact).")]
 ParamOpt = Annotated[list[str] | None, typer.Option(
@@ -100,8 +100,7 @@ def index_update(
     flush_every: Annotated[int, typer.Option(min=1, help="Vectors per commit: what a killed run redoes.")] = 1024,
     device: DeviceOpt = "",
     precision: Annotated[str, typer.Option(help=(
-        "fp32 (the default: queries are embedded in fp32 too), bf16, or int8: Linear layers quantised, on the "
-        "CPU (1.3-2.4x fp32's speed at batch 64, vectors within cosine 0.996 of fp32's)."))] = "fp32",
+        f"fp32 (the default: queries are embedded in fp32 too), bf16, or {_INT8_HELP}"))] = "fp32",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -159,10 +159,8 @@ class ImageTransform:
     def __init__(self, cfg: PreprocessConfig) -> None:
         self.cfg = cfg
         self.resample = _RESAMPLE[cfg.interpolation]
-        self._mean = np.asarray(cfg.mean, dtype=np.float32)
-        self._std = np.asarray(cfg.std, dtype=np.float32)
-        self._mean_t = torch.from_numpy(self._mean).view(3, 1, 1)
-        self._std_t = torch.from_numpy(self._std).view(3, 1, 1)
+        self._mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: ImageSource) -> Tensor:
         return self.to_tensor(self.geometry(self._rgb(image)))
@@ -171,12 +169,12 @@ class ImageTransform:
         """(3, S, S) uint8 of an image `load_image` returned: cropped and resized, not yet
         normalised. Bulk embedding passes these (a quarter of the float tensor's bytes)
         from its decoding workers and normalises whole batches with `normalise`."""
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(self.geometry(rgb)).transpose(2, 0, 1)))
+        return _channels_first(self.geometry(rgb))
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        """(..., 3, S, S) uint8 -> float32, equal bit for bit to `to_tensor` per image."""
-        out = pixels.float()
-        return out.div_(255.0).sub_(self._mean_t).div_(self._std_t)  # to_tensor's operations, in its order
+        """(..., 3, S, S) uint8 -> float32 in [0, 1], less the mean, over the std: the one
+        normalisation, so a batch gives the same bits as its images one at a time."""
+        return pixels.float().div_(255.0).sub_(self._mean).div_(self._std)
 
     def batch(self, images: Sequence[ImageSource]) -> Tensor:
         """(B, 3, S, S) for a list of images."""
@@ -190,14 +188,17 @@ class ImageTransform:
         return image.resize((size, size), self.resample, box=box)
 
     def to_tensor(self, image: Image.Image) -> Tensor:
-        array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-        array = (array - self._mean) / self._std
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return self.normalise(_channels_first(image))
 
     def _rgb(self, image: ImageSource) -> Image.Image:
         # Also for Pillow images: EXIF rotation, lazy decoding errors and modes are
         # handled the same way whether the caller passed a path or an opened image.
         return load_image(image, background=self.cfg.background)
+
+
+def _channels_first(image: Image.Image) -> Tensor:
+    """(H, W, 3) RGB -> (3, H, W) uint8."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
 class TrainTransform(ImageTransform):

@@ -105,6 +105,7 @@ def encode_batches(encoder: Encoder, found: Sequence[Found], options: IndexOptio
     batch by batch; decoding runs in `num_workers` processes ahead of the model."""
     model = encoder.model.eval()
     device = model_device(model)
+    dtype = resolve_precision(options.precision, device)
     dataset = ImageDataset([f.ref for f in found], encoder.transform, options.max_pixels)
     loader = DataLoader(dataset, batch_size=options.batch_size, collate_fn=keep_items,
                         num_workers=options.num_workers, prefetch_factor=4 if options.num_workers else None,
@@ -115,7 +116,7 @@ def encode_batches(encoder: Encoder, found: Sequence[Found], options: IndexOptio
         vectors = np.empty((0, model.config.embed_dim), dtype=np.float32)
         if good:
             pixels = encoder.transform.normalise(torch.stack([p for _, p in good])).to(device)
-            with autocast(device, resolve_precision(options.precision, device)):
+            with autocast(device, dtype):
                 embeds = model.encode_image(pixels).float()
             check_finite(embeds, "image")
             vectors = embeds.cpu().numpy()
@@ -154,11 +155,11 @@ def _add_captions(store: Store, encoder: Encoder, plan: Plan, listing: SourceLis
     captions = [c for c in plan.captions if c.metadata["image"] in stored]
     known = store.known_keys(c.key for c in captions)
     done = 0
+    dtype = resolve_precision(options.precision, model_device(encoder.model))
     for part in _chunks(captions, max(options.flush_every, 256)):
         new = list({c.key: c.text or "" for c in part if c.key not in known}.items())
         vectors = np.zeros((len(part), store.manifest.dim), dtype=np.float32)
         if new:
-            dtype = resolve_precision(options.precision, model_device(encoder.model))
             embeds = embed_texts(encoder.model, encoder.tokenizer, [text for _, text in new], dtype=dtype)
             check_finite(embeds, "text")
             row_of = {key: row for row, (key, _) in enumerate(new)}
