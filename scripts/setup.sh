@@ -11,7 +11,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji unicode-data chromium \
+$SUDO apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji unicode-data gcc chromium \
     chromium-driver >/dev/null
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
@@ -20,4 +20,8 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -c "import torch" || { echo "torch failed to install" >&2; exit 1; }
 .venv/bin/pip install -q -e ".[index,serve,dev]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import polymodal, faiss, fastapi" || { echo "polymodal failed to install" >&2; exit 1; }
+# The exact-search kernels (src/polymodal/index/_scan.c) need a C compiler; without one,
+# polymodal installs and searches with numpy, slower.
+.venv/bin/python -c "from polymodal.index import native; raise SystemExit(not native.available())" \
+    || echo "warning: the compiled search kernels were not built (no C compiler?); exact search uses numpy" >&2
 echo "polymodal is installed in .venv"

@@ -194,10 +194,13 @@ def test_ivf_centroids_follow_the_indexed_modality_across_a_modality_gap() -> No
 
 
 @pytest.mark.parametrize("vnni", [True, False])
-def test_the_int8_fast_path_returns_what_scoring_every_code_returns(vnni: bool,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_int8_two_pass_search_returns_what_scoring_every_code_returns(vnni: bool,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from polymodal.index import quantizers
+
+    monkeypatch.setattr(quantizers, "INT8_FUSED_MAX_QUERIES", 0)  # the two-pass search, not the fused scan
     if not vnni:  # a torch without the int8 kernel takes the numpy fallback
         monkeypatch.setattr(torch, "_int_mm", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel")))
     rng = np.random.default_rng(1)

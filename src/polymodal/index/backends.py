@@ -25,14 +25,8 @@ import numpy as np
 
 from polymodal.errors import StoreError
 from polymodal.index.arrays import load_arrays, save_arrays
-from polymodal.index.quantizers import Int8, Quantizer, construct, import_faiss, make_quantizer, training_sample
-from polymodal.index.topk import check_queries, exact_top_k, merge_top_k
-
-# Exact int8 search ranks this many candidates per result, chosen by int8 x int8 products,
-# with the float query: rounding the query to int8 moves a score by far less than the gap
-# between the k-th result and the 4k+32-th.
-INT8_CANDIDATES_PER_RESULT, INT8_EXTRA_CANDIDATES = 4, 32
-INT8_BLOCK_ROWS = 1 << 17  # 64 MB of 512-d codes: larger blocks amortise each int8 product's start-up
+from polymodal.index.quantizers import Quantizer, construct, import_faiss, make_quantizer, training_sample
+from polymodal.index.topk import check_queries, merge_top_k
 
 
 class Backend(ABC):
@@ -133,15 +127,7 @@ class ExactBackend(Backend):
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         positions = np.arange(len(self.codes)) if allowed is None else allowed
         codes = self.codes if allowed is None else self.codes[allowed]
-        fetch = INT8_CANDIDATES_PER_RESULT * k + INT8_EXTRA_CANDIDATES
-        if isinstance(self.quantizer, Int8) and len(codes) > fetch:
-            # two passes: int8 x int8 products pick candidates, the float query ranks them
-            _, candidates = exact_top_k(queries, codes, positions, fetch, self.quantizer.approximate_scores,
-                                        block_rows=INT8_BLOCK_ROWS)
-            found = [merge_top_k(self.quantizer.scores(q[None], self.codes[row[row >= 0]]), row[row >= 0], k)
-                     for q, row in zip(queries, candidates, strict=True)]
-            return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
-        return exact_top_k(queries, codes, positions, k, self.quantizer.scores)
+        return self.quantizer.top_k(queries, codes, positions, k)
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, codes=self.codes)

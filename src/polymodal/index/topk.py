@@ -1,4 +1,5 @@
-"""Top-k selection shared by every backend: blockwise exact search and stable merging."""
+"""Top-k selection shared by every backend: blockwise exact search and stable merging, in
+numpy or, where they are built, the compiled kernels of `native`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from polymodal.errors import StoreError
+from polymodal.index import native
 
 # Rows scored per block: 16k x 512 fp32 = 32 MB, cache-friendly and bounded memory.
 BLOCK_ROWS = 16_384
@@ -25,10 +27,15 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: in
                 score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                 block_rows: int = BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product (or by `score(queries, block)` over stored codes), blockwise;
-    ties go to the smaller id, so results are stable. Each block is cut to its own top k
-    before merging, so no block-sized array is copied."""
+    ties go to the smaller id, so results are stable. Each block's scores fold into bounded
+    heaps (the compiled kernels), or are cut to the block's own top k and merged (numpy)."""
     score = score or (lambda q, block: q @ block.T)
     nq = len(queries)
+    if native.available():
+        heaps = native.TopKHeaps(nq, k)
+        for start in range(0, len(vectors), block_rows):
+            heaps.push(score(queries, vectors[start:start + block_rows]), ids[start:start + block_rows])
+        return heaps.result()
     best_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     best_ids = np.full((nq, k), -1, dtype=np.int64)
     for start in range(0, len(vectors), block_rows):

@@ -1,0 +1,807 @@
+/* Exact top-k scans over stored codes, fused: each code is read once, scored against a
+ * group of queries while it is in cache, and kept only if it beats the worst of the k
+ * results so far (a bounded heap per query). No score array the size of the collection is
+ * written, and the scan runs on several threads without the GIL.
+ *
+ * Scores: fp32 codes and int8 codes (float query, already multiplied by the int8 scale)
+ * give inner products; packed sign bits give -hamming (higher is better, like the others).
+ * Results are sorted by score descending, then id ascending, as polymodal.index.topk
+ * orders them; missing results are (-inf, -1).
+ *
+ * Kernels, chosen at run time by what the CPU has: AVX-512 (VNNI for int8 codes, VPOPCNTQ
+ * for sign bits), AVX2 + FMA (and popcnt), or portable C. fp32 codes are bound by memory
+ * bandwidth with any of them. int8 and sign-bit codes are not: widening int8 to float 8
+ * lanes at a time, or counting bits a 64-bit word at a time, takes longer than reading the
+ * codes; VNNI's integer dot products and the vector popcount bring both to the bandwidth
+ * floor on one query (bench/search.py). `set_isa("avx2")` or `set_isa("generic")` caps
+ * the kernels (the tests compare every level).
+ *
+ * The Python side (polymodal/index/native.py) checks dtypes, shapes and contiguity; the
+ * checks here only guard against a buffer that is shorter than its stated shape. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define POLYMODAL_X86 1
+#include <immintrin.h>
+#endif
+
+#define BLOCK_BYTES (32 << 10)  /* codes scored per step: they stay in L1/L2 across a query group */
+#define MIN_BLOCK_ROWS 16
+#define MAX_BLOCK_ROWS 1024     /* sign-bit codes: 1024 x 64 bytes */
+#define QUERIES_PER_GROUP 16    /* queries scored against a block while it is in cache */
+#define CHECK_ROWS 32           /* scores compared with the k-th best per branch */
+#define MIN_BYTES_PER_THREAD (2 << 20) /* below this, a thread costs more than it saves */
+#define MAX_THREADS 256
+#define PADDING_ID INT64_MAX    /* sorts after every real id; returned as -1 */
+
+/* ---------------------------------------------------------------- bounded heaps */
+
+/* (s, id) ranks before (rs, rid): higher score, then smaller id. NaN never ranks before. */
+static inline int ranks_before(float s, int64_t id, float rs, int64_t rid) {
+    return s > rs || (s == rs && id < rid);
+}
+
+/* A heap of k results whose root is the worst; replace the root and sift down. */
+static void heap_replace_root(float *hs, int64_t *hi, int64_t k, float s, int64_t id) {
+    int64_t i = 0;
+    for (;;) {
+        int64_t child = 2 * i + 1;
+        if (child >= k) break;
+        if (child + 1 < k && ranks_before(hs[child], hi[child], hs[child + 1], hi[child + 1])) child++;
+        if (!ranks_before(s, id, hs[child], hi[child])) break;
+        hs[i] = hs[child];
+        hi[i] = hi[child];
+        i = child;
+    }
+    hs[i] = s;
+    hi[i] = id;
+}
+
+static inline void heap_push(float *hs, int64_t *hi, int64_t k, float s, int64_t id) {
+    if (ranks_before(s, id, hs[0], hi[0])) heap_replace_root(hs, hi, k, s, id);
+}
+
+static void heap_init(float *hs, int64_t *hi, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        hs[i] = -INFINITY;
+        hi[i] = PADDING_ID;
+    }
+}
+
+typedef struct {
+    float score;
+    int64_t id;
+} result_t;
+
+static int compare_results(const void *a, const void *b) {
+    const result_t *x = a, *y = b;
+    if (ranks_before(x->score, x->id, y->score, y->id)) return -1;
+    if (ranks_before(y->score, y->id, x->score, x->id)) return 1;
+    return 0;
+}
+
+/* Heap -> sorted results in place, padding ids as -1. */
+static int heap_sort_into(float *hs, int64_t *hi, int64_t k, float *out_s, int64_t *out_i) {
+    result_t *tmp = malloc((size_t)k * sizeof(result_t));
+    if (!tmp) return -1;
+    for (int64_t i = 0; i < k; i++) {
+        tmp[i].score = hs[i];
+        tmp[i].id = hi[i];
+    }
+    qsort(tmp, (size_t)k, sizeof(result_t), compare_results);
+    for (int64_t i = 0; i < k; i++) {
+        out_s[i] = tmp[i].score;
+        out_i[i] = tmp[i].id == PADDING_ID ? -1 : tmp[i].id;
+    }
+    free(tmp);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- score kernels */
+
+/* out[j * nrows + r] = score of query j against row r. `dim` counts elements of the codes'
+ * type (floats, bytes, or 64-bit words for sign bits). */
+typedef void (*score_fn)(const void *queries, int64_t nq, const void *rows, int64_t nrows, int64_t dim,
+                         float *out);
+
+static void f32_generic(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t dim, float *out) {
+    const float *q = qv, *rows = rv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *x = rows + r * dim;
+        for (int64_t j = 0; j < nq; j++) {
+            const float *qj = q + j * dim;
+            float acc[8] = {0};
+            int64_t i = 0;
+            for (; i + 8 <= dim; i += 8)
+                for (int l = 0; l < 8; l++) acc[l] += qj[i + l] * x[i + l];
+            float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for (; i < dim; i++) s += qj[i] * x[i];
+            out[j * nrows + r] = s;
+        }
+    }
+}
+
+static void i8_generic(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t dim, float *out) {
+    const float *q = qv;
+    const int8_t *rows = rv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const int8_t *x = rows + r * dim;
+        for (int64_t j = 0; j < nq; j++) {
+            const float *qj = q + j * dim;
+            float acc[8] = {0};
+            int64_t i = 0;
+            for (; i + 8 <= dim; i += 8)
+                for (int l = 0; l < 8; l++) acc[l] += qj[i + l] * (float)x[i + l];
+            float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for (; i < dim; i++) s += qj[i] * (float)x[i];
+            out[j * nrows + r] = s;
+        }
+    }
+}
+
+static inline int popcount64_portable(uint64_t x) {
+    x = x - ((x >> 1) & 0x5555555555555555ULL);
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+    return (int)((x * 0x0101010101010101ULL) >> 56);
+}
+
+static void hamming_generic(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t words,
+                            float *out) {
+    const uint64_t *q = qv, *rows = rv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint64_t *x = rows + r * words;
+        for (int64_t j = 0; j < nq; j++) {
+            const uint64_t *qj = q + j * words;
+            int64_t h = 0;
+            for (int64_t w = 0; w < words; w++) h += popcount64_portable(qj[w] ^ x[w]);
+            out[j * nrows + r] = -(float)h;
+        }
+    }
+}
+
+#ifdef POLYMODAL_X86
+__attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) static void f32_avx2(const void *qv, int64_t nq, const void *rv,
+                                                          int64_t nrows, int64_t dim, float *out) {
+    const float *q = qv, *rows = rv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *x = rows + r * dim;
+        for (int64_t j = 0; j < nq; j++) {
+            const float *qj = q + j * dim;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t i = 0;
+            for (; i + 32 <= dim; i += 32) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), _mm256_loadu_ps(x + i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+            }
+            for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), _mm256_loadu_ps(x + i), a0);
+            float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            for (; i < dim; i++) s += qj[i] * x[i];
+            out[j * nrows + r] = s;
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 widen8(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+__attribute__((target("avx2,fma"))) static void i8_avx2(const void *qv, int64_t nq, const void *rv,
+                                                         int64_t nrows, int64_t dim, float *out) {
+    const float *q = qv;
+    const int8_t *rows = rv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const int8_t *x = rows + r * dim;
+        for (int64_t j = 0; j < nq; j++) {
+            const float *qj = q + j * dim;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int64_t i = 0;
+            for (; i + 32 <= dim; i += 32) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), widen8(x + i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), widen8(x + i + 8), a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 16), widen8(x + i + 16), a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 24), widen8(x + i + 24), a3);
+            }
+            for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), widen8(x + i), a0);
+            float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            for (; i < dim; i++) s += qj[i] * (float)x[i];
+            out[j * nrows + r] = s;
+        }
+    }
+}
+
+__attribute__((target("popcnt"))) static void hamming_popcnt(const void *qv, int64_t nq, const void *rv,
+                                                               int64_t nrows, int64_t words, float *out) {
+    const uint64_t *q = qv, *rows = rv;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint64_t *x = rows + r * words;
+        for (int64_t j = 0; j < nq; j++) {
+            const uint64_t *qj = q + j * words;
+            int64_t h = 0;
+            for (int64_t w = 0; w < words; w++) h += __builtin_popcountll(qj[w] ^ x[w]);
+            out[j * nrows + r] = -(float)h;
+        }
+    }
+}
+
+#define AVX512_FLOAT_TARGET "avx512f,avx512dq,avx512bw,avx512vl,fma"
+#define AVX512_POPCNT_TARGET AVX512_FLOAT_TARGET ",avx512vpopcntdq"
+
+/* One row at a time, read in order, with four independent chains of multiply-adds along it.
+ * (Scoring 4 rows per pass, the query's vectors loaded once, was as fast in cache but 1.6x
+ * slower from memory: the interleaved reads of 4 rows defeat the hardware prefetcher.) */
+static inline __mmask16 tail_mask16(int64_t left) { return left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1); }
+
+#define DEFINE_ROW_KERNEL(NAME, CODE_T, LOAD16)                                                           \
+    __attribute__((target(AVX512_FLOAT_TARGET))) static void NAME(const void *qv, int64_t nq, const void *rv, \
+                                                                   int64_t nrows, int64_t dim, float *out) { \
+        const float *q = qv;                                                                              \
+        const CODE_T *rows = rv;                                                                          \
+        for (int64_t r = 0; r < nrows; r++) {                                                             \
+            const CODE_T *x = rows + r * dim;                                                             \
+            for (int64_t j = 0; j < nq; j++) {                                                            \
+                const float *qj = q + j * dim;                                                            \
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                               \
+                int64_t i = 0;                                                                            \
+                for (; i + 64 <= dim; i += 64) {                                                          \
+                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i), LOAD16(0xFFFF, x + i), a0);             \
+                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i + 16), LOAD16(0xFFFF, x + i + 16), a1);   \
+                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i + 32), LOAD16(0xFFFF, x + i + 32), a2);   \
+                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i + 48), LOAD16(0xFFFF, x + i + 48), a3);   \
+                }                                                                                         \
+                for (; i < dim; i += 16) { /* the tail under a mask: no scalar loop */                   \
+                    __mmask16 m = tail_mask16(dim - i);                                                   \
+                    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qj + i), LOAD16(m, x + i), a0);         \
+                }                                                                                         \
+                out[j * nrows + r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))); \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
+__attribute__((target(AVX512_FLOAT_TARGET))) static inline __m512 load16_f32(__mmask16 m, const float *p) {
+    return _mm512_maskz_loadu_ps(m, p);
+}
+
+__attribute__((target(AVX512_FLOAT_TARGET))) static inline __m512 load16_i8(__mmask16 m, const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+
+DEFINE_ROW_KERNEL(f32_avx512, float, load16_f32)
+DEFINE_ROW_KERNEL(i8_avx512, int8_t, load16_i8)
+
+/* int8 codes against a float query with the CPU's integer dot products (VNNI): the query is
+ * split into two int16 terms, q ~ a1 q1 + a2 q2 (q2 holds what rounding q1 left), and each
+ * term's product with the codes is exact in int32. What the split leaves is below 2^-30 of
+ * the query's largest element, less than float32 rounding of the score itself, so the
+ * scores equal the float kernels' to float precision (the tests check the rankings) while
+ * each 32 codes cost one widening and two multiply-adds instead of two conversions and two
+ * float multiply-adds per 16. Lanes hold at most dim/16 * 127 * 32767 in magnitude: exact
+ * in int32 up to VNNI_MAX_DIM. */
+#define VNNI_MAX_DIM 4096
+#define VNNI_HEADER 64 /* bytes before q1: the two scales, padded to a cache line */
+
+static int64_t vnni_padded_dim(int64_t dim) { return (dim + 31) / 32 * 32; }
+
+static int64_t vnni_query_bytes(int64_t dim) { return VNNI_HEADER + 2 * vnni_padded_dim(dim) * (int64_t)sizeof(int16_t); }
+
+/* One float query -> [a1, a2, pad][q1 (padded dim)][q2 (padded dim)], zeros past dim. */
+static void vnni_prepare(const float *q, int64_t dim, char *out) {
+    int64_t padded = vnni_padded_dim(dim);
+    float *scales = (float *)out;
+    int16_t *q1 = (int16_t *)(out + VNNI_HEADER), *q2 = q1 + padded;
+    memset(out, 0, (size_t)vnni_query_bytes(dim));
+    float largest = 0.0f;
+    for (int64_t i = 0; i < dim; i++) {
+        if (!isfinite(q[i])) { /* NaN scores, as the float kernels give: nothing is returned */
+            scales[0] = scales[1] = NAN;
+            return;
+        }
+        largest = fabsf(q[i]) > largest ? fabsf(q[i]) : largest;
+    }
+    if (largest == 0.0f) return; /* scores 0 */
+    double a1 = largest / 32767.0, a2 = a1 / 32767.0; /* |residual| <= a1 / 2 < 32767 a2 */
+    for (int64_t i = 0; i < dim; i++) {
+        double first = nearbyint(q[i] / a1);
+        first = first > 32767 ? 32767 : first < -32767 ? -32767 : first;
+        double rest = nearbyint((q[i] - first * a1) / a2);
+        q1[i] = (int16_t)first;
+        q2[i] = (int16_t)(rest > 32767 ? 32767 : rest < -32767 ? -32767 : rest);
+    }
+    scales[0] = (float)a1;
+    scales[1] = (float)a2;
+}
+
+#define AVX512_VNNI_TARGET AVX512_FLOAT_TARGET ",avx512vnni"
+
+/* One int8 row against one prepared query: four pairs of chains along the row. */
+__attribute__((target(AVX512_VNNI_TARGET), always_inline)) static inline float i8_row_vnni(
+    const char *prepared, const int8_t *x, int64_t dim) {
+    const float *scales = (const float *)prepared;
+    const int16_t *q1 = (const int16_t *)(prepared + VNNI_HEADER), *q2 = q1 + vnni_padded_dim(dim);
+    __m512i s1[4], s2[4];
+    for (int c = 0; c < 4; c++) s1[c] = s2[c] = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 128 <= dim; i += 128)
+        for (int c = 0; c < 4; c++) {
+            __m512i codes = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(x + i + 32 * c))); /* 32 x int16 */
+            s1[c] = _mm512_dpwssd_epi32(s1[c], codes, _mm512_loadu_si512(q1 + i + 32 * c));
+            s2[c] = _mm512_dpwssd_epi32(s2[c], codes, _mm512_loadu_si512(q2 + i + 32 * c));
+        }
+    for (; i < dim; i += 32) { /* the query is zero-padded: only the codes need a mask */
+        __mmask32 m = dim - i >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << (dim - i)) - 1);
+        __m512i codes = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, x + i));
+        s1[0] = _mm512_dpwssd_epi32(s1[0], codes, _mm512_loadu_si512(q1 + i));
+        s2[0] = _mm512_dpwssd_epi32(s2[0], codes, _mm512_loadu_si512(q2 + i));
+    }
+    __m512i t1 = _mm512_add_epi32(_mm512_add_epi32(s1[0], s1[1]), _mm512_add_epi32(s1[2], s1[3]));
+    __m512i t2 = _mm512_add_epi32(_mm512_add_epi32(s2[0], s2[1]), _mm512_add_epi32(s2[2], s2[3]));
+    return _mm512_reduce_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(scales[0]), _mm512_cvtepi32_ps(t1),
+                                                _mm512_mul_ps(_mm512_set1_ps(scales[1]), _mm512_cvtepi32_ps(t2))));
+}
+
+__attribute__((target(AVX512_VNNI_TARGET))) static void i8_vnni(const void *qv, int64_t nq, const void *rv,
+                                                                 int64_t nrows, int64_t dim, float *out) {
+    const int8_t *rows = rv;
+    int64_t stride = vnni_query_bytes(dim);
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t j = 0; j < nq; j++) out[j * nrows + r] = i8_row_vnni((const char *)qv + j * stride, rows + r * dim, dim);
+}
+
+/* Per-row bit counts of one query against up to 8 rows, as 8 lanes of per-word counts each. */
+__attribute__((target(AVX512_POPCNT_TARGET))) static inline __m512i popcount_row(const uint64_t *q,
+                                                                                const uint64_t *x, int64_t words) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t w = 0; w < words; w += 8) {
+        __mmask8 m = words - w >= 8 ? 0xFF : (__mmask8)((1u << (words - w)) - 1);
+        __m512i bits = _mm512_xor_si512(_mm512_maskz_loadu_epi64(m, q + w), _mm512_maskz_loadu_epi64(m, x + w));
+        acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(bits));
+    }
+    return acc;
+}
+
+/* Lane r of the result = the sum of v[r]'s 8 lanes: a transpose-and-add tree (21 instructions
+ * for 8 rows instead of a horizontal reduction of each). */
+__attribute__((target(AVX512_POPCNT_TARGET))) static inline __m512i sum_lanes8(const __m512i v[8]) {
+    __m512i p[4];
+    for (int i = 0; i < 4; i++) /* each 128-bit chunk: (v[2i] pair sum, v[2i+1] pair sum) */
+        p[i] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * i], v[2 * i + 1]),
+                                _mm512_unpackhi_epi64(v[2 * i], v[2 * i + 1]));
+    __m512i h[2];
+    for (int i = 0; i < 2; i++)
+        h[i] = _mm512_add_epi64(_mm512_shuffle_i64x2(p[2 * i], p[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_i64x2(p[2 * i], p[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(h[0], h[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i64x2(h[0], h[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+__attribute__((target(AVX512_POPCNT_TARGET), always_inline)) static inline void hamming_rows_avx512(
+    const uint64_t *q, int64_t nq, const uint64_t *rows, int64_t nrows, int64_t words, float *out) {
+    int64_t r = 0;
+    for (; r + 8 <= nrows; r += 8) {
+        const uint64_t *x = rows + r * words;
+        for (int64_t j = 0; j < nq; j++) {
+            __m512i counts[8];
+            for (int i = 0; i < 8; i++) counts[i] = popcount_row(q + j * words, x + i * words, words);
+            __m256 scores = _mm512_cvtepi64_ps(_mm512_sub_epi64(_mm512_setzero_si512(), sum_lanes8(counts)));
+            _mm256_storeu_ps(out + j * nrows + r, scores);
+        }
+    }
+    for (; r < nrows; r++)
+        for (int64_t j = 0; j < nq; j++) {
+            __m512i counts = popcount_row(q + j * words, rows + r * words, words);
+            out[j * nrows + r] = -(float)_mm512_reduce_add_epi64(counts);
+        }
+}
+
+/* Codes of 256, 512 and 1024 bits get kernels compiled for their width: the masked loads of
+ * the general loop cost more than the popcounts (2.4 vs 1.1 ns per 512-bit code). */
+__attribute__((target(AVX512_POPCNT_TARGET))) static void hamming_avx512(const void *qv, int64_t nq,
+                                                                          const void *rv, int64_t nrows,
+                                                                          int64_t words, float *out) {
+    switch (words) {
+    case 4: hamming_rows_avx512(qv, nq, rv, nrows, 4, out); break;
+    case 8: hamming_rows_avx512(qv, nq, rv, nrows, 8, out); break;
+    case 16: hamming_rows_avx512(qv, nq, rv, nrows, 16, out); break;
+    default: hamming_rows_avx512(qv, nq, rv, nrows, words, out);
+    }
+}
+#endif
+
+enum { KIND_F32, KIND_I8, KIND_HAMMING, N_KINDS };
+static const int64_t CODE_BYTES[N_KINDS] = {4, 1, 8};  /* bytes per element of the codes */
+static const int64_t QUERY_BYTES[N_KINDS] = {4, 4, 8}; /* bytes per element of the queries */
+
+enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512 };
+static int isa_cap = ISA_AVX512; /* set_isa: the widest kernels allowed */
+
+static int cpu_has_avx2_fma(void) {
+#ifdef POLYMODAL_X86
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static int cpu_has_popcnt(void) {
+#ifdef POLYMODAL_X86
+    return __builtin_cpu_supports("popcnt");
+#else
+    return 0;
+#endif
+}
+
+static int cpu_has_avx512(void) {
+#ifdef POLYMODAL_X86
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && cpu_has_avx2_fma();
+#else
+    return 0;
+#endif
+}
+
+static int cpu_has_avx512_popcnt(void) {
+#ifdef POLYMODAL_X86
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512vpopcntdq");
+#else
+    return 0;
+#endif
+}
+
+static int cpu_has_avx512_vnni(void) {
+#ifdef POLYMODAL_X86
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+/* A score kernel and the layout of the queries it reads: as given (prepare NULL, `query_bytes`
+ * per element), or rewritten once per scan by `prepare` into `prepared_bytes(dim)` each. */
+typedef void (*prepare_fn)(const float *query, int64_t dim, char *out);
+typedef struct {
+    score_fn score;
+    prepare_fn prepare;
+    int64_t (*prepared_bytes)(int64_t dim);
+} kernel_t;
+
+static kernel_t pick_kernel(int kind, int64_t dim) {
+    kernel_t plain = {NULL, NULL, NULL};
+#ifdef POLYMODAL_X86
+    if (isa_cap >= ISA_AVX512) {
+        if (kind == KIND_I8 && cpu_has_avx512_vnni() && dim <= VNNI_MAX_DIM)
+            return (kernel_t){i8_vnni, vnni_prepare, vnni_query_bytes};
+        if (kind == KIND_F32 && cpu_has_avx512()) plain.score = f32_avx512;
+        if (kind == KIND_I8 && cpu_has_avx512()) plain.score = i8_avx512;
+        if (kind == KIND_HAMMING && cpu_has_avx512_popcnt()) plain.score = hamming_avx512;
+    }
+    if (!plain.score && isa_cap >= ISA_AVX2) {
+        if (kind == KIND_F32 && cpu_has_avx2_fma()) plain.score = f32_avx2;
+        if (kind == KIND_I8 && cpu_has_avx2_fma()) plain.score = i8_avx2;
+        if (kind == KIND_HAMMING && cpu_has_popcnt()) plain.score = hamming_popcnt;
+    }
+#else
+    (void)dim;
+#endif
+    if (!plain.score) plain.score = kind == KIND_F32 ? f32_generic : kind == KIND_I8 ? i8_generic : hamming_generic;
+    return plain;
+}
+
+/* ---------------------------------------------------------------- the fused scan */
+
+typedef struct {
+    score_fn score;
+    const char *queries;
+    int64_t nq, dim, k, query_stride, row_stride; /* strides in bytes */
+    const char *codes;
+    const int64_t *ids; /* NULL: the row number is the id */
+    int64_t begin, end; /* rows of this thread */
+    float *heap_s;      /* nq x k, this thread's own */
+    int64_t *heap_i;
+} scan_job;
+
+static void *run_scan(void *arg) {
+    scan_job *job = arg;
+    float scores[MAX_BLOCK_ROWS * QUERIES_PER_GROUP];
+    int64_t block = BLOCK_BYTES / job->row_stride;
+    block = block < MIN_BLOCK_ROWS ? MIN_BLOCK_ROWS : block > MAX_BLOCK_ROWS ? MAX_BLOCK_ROWS : block;
+    for (int64_t g = 0; g < job->nq; g += QUERIES_PER_GROUP) {
+        int64_t group = job->nq - g < QUERIES_PER_GROUP ? job->nq - g : QUERIES_PER_GROUP;
+        for (int64_t start = job->begin; start < job->end; start += block) {
+            int64_t rows = job->end - start < block ? job->end - start : block;
+            job->score(job->queries + g * job->query_stride, group, job->codes + start * job->row_stride, rows,
+                       job->dim, scores);
+            for (int64_t j = 0; j < group; j++) {
+                float *hs = job->heap_s + (g + j) * job->k;
+                int64_t *hi = job->heap_i + (g + j) * job->k;
+                const float *row_scores = scores + j * rows;
+                for (int64_t r0 = 0; r0 < rows; r0 += CHECK_ROWS) {
+                    /* Most rows fall below the k-th score so far: CHECK_ROWS of them are ruled out
+                     * by one branch on a compare the compiler vectorises (a branch per row cost
+                     * more than the sign-bit kernel itself). */
+                    int64_t r1 = rows - r0 < CHECK_ROWS ? rows : r0 + CHECK_ROWS;
+                    float worst = hs[0];
+                    int any = 0;
+                    for (int64_t r = r0; r < r1; r++) any |= row_scores[r] >= worst;
+                    if (!any) continue;
+                    for (int64_t r = r0; r < r1; r++) {
+                        if (!(row_scores[r] >= hs[0])) continue;
+                        int64_t id = job->ids ? job->ids[start + r] : start + r;
+                        heap_push(hs, hi, job->k, row_scores[r], id);
+                    }
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t needed, const char *name) {
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->len < needed) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd needed", name, view->len, needed);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* scan(kind, queries, codes, ids_or_None, nq, n, dim, k, threads, out_scores, out_ids) */
+static PyObject *py_scan(PyObject *self, PyObject *args) {
+    int kind, threads;
+    PyObject *q_obj, *c_obj, *ids_obj, *os_obj, *oi_obj;
+    Py_ssize_t nq, n, dim, k;
+    if (!PyArg_ParseTuple(args, "iOOOnnnniOO", &kind, &q_obj, &c_obj, &ids_obj, &nq, &n, &dim, &k, &threads,
+                          &os_obj, &oi_obj))
+        return NULL;
+    if (kind < 0 || kind >= N_KINDS || nq < 0 || n < 0 || dim <= 0 || k <= 0) {
+        PyErr_SetString(PyExc_ValueError, "scan: bad kind or sizes");
+        return NULL;
+    }
+    Py_buffer q = {0}, c = {0}, ids = {0}, os = {0}, oi = {0};
+    int have_ids = ids_obj != Py_None, ok = 0;
+    if (get_buffer(q_obj, &q, 0, nq * dim * QUERY_BYTES[kind], "queries") < 0) return NULL;
+    if (get_buffer(c_obj, &c, 0, n * dim * CODE_BYTES[kind], "codes") < 0) goto release_q;
+    if (have_ids && get_buffer(ids_obj, &ids, 0, n * 8, "ids") < 0) goto release_c;
+    if (get_buffer(os_obj, &os, 1, nq * k * 4, "out_scores") < 0) goto release_ids;
+    if (get_buffer(oi_obj, &oi, 1, nq * k * 8, "out_ids") < 0) goto release_os;
+
+    int64_t row_bytes = dim * CODE_BYTES[kind];
+    int64_t by_size = row_bytes * n / MIN_BYTES_PER_THREAD;
+    int nthreads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    if (by_size < nthreads) nthreads = by_size < 1 ? 1 : (int)by_size;
+
+    char *prepared = NULL; /* the queries in the kernel's layout, where it has one */
+    float *heap_s = malloc((size_t)(nthreads * nq * k) * sizeof(float) + 1);
+    int64_t *heap_i = malloc((size_t)(nthreads * nq * k) * sizeof(int64_t) + 1);
+    scan_job jobs[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    if (!heap_s || !heap_i) {
+        PyErr_NoMemory();
+        goto free_heaps;
+    }
+    heap_init(heap_s, heap_i, nthreads * nq * k);
+    int sort_failed = 0;
+    kernel_t kernel = pick_kernel(kind, dim);
+    const char *queries = q.buf;
+    int64_t query_stride = dim * QUERY_BYTES[kind];
+    if (kernel.prepare) {
+        query_stride = kernel.prepared_bytes(dim);
+        prepared = aligned_alloc(64, (size_t)(nq * query_stride) + 64);
+        if (!prepared) {
+            PyErr_NoMemory();
+            goto free_heaps;
+        }
+        for (int64_t j = 0; j < nq; j++) kernel.prepare((const float *)q.buf + j * dim, dim, prepared + j * query_stride);
+        queries = prepared;
+    }
+    for (int t = 0; t < nthreads; t++) {
+        jobs[t] = (scan_job){.score = kernel.score, .queries = queries, .nq = nq, .dim = dim, .k = k,
+                             .query_stride = query_stride, .row_stride = row_bytes, .codes = c.buf,
+                             .ids = have_ids ? ids.buf : NULL, .begin = n * t / nthreads,
+                             .end = n * (t + 1) / nthreads, .heap_s = heap_s + t * nq * k,
+                             .heap_i = heap_i + t * nq * k};
+    }
+    Py_BEGIN_ALLOW_THREADS;
+    for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&handles[t], NULL, run_scan, &jobs[t]) == 0;
+    run_scan(&jobs[0]);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t])
+            pthread_join(handles[t], NULL);
+        else
+            run_scan(&jobs[t]); /* no thread could be started: do its share here */
+    }
+    /* merge every thread's heaps into the first thread's, then sort */
+    for (int t = 1; t < nthreads; t++)
+        for (int64_t j = 0; j < nq; j++)
+            for (int64_t i = 0; i < k; i++)
+                heap_push(heap_s + j * k, heap_i + j * k, k, jobs[t].heap_s[j * k + i], jobs[t].heap_i[j * k + i]);
+    for (int64_t j = 0; j < nq && !sort_failed; j++)
+        sort_failed = heap_sort_into(heap_s + j * k, heap_i + j * k, k, (float *)os.buf + j * k,
+                                     (int64_t *)oi.buf + j * k) < 0;
+    Py_END_ALLOW_THREADS;
+    if (sort_failed)
+        PyErr_NoMemory();
+    else
+        ok = 1;
+
+free_heaps:
+    free(prepared);
+    free(heap_s);
+    free(heap_i);
+    PyBuffer_Release(&oi);
+release_os:
+    PyBuffer_Release(&os);
+release_ids:
+    if (have_ids) PyBuffer_Release(&ids);
+release_c:
+    PyBuffer_Release(&c);
+release_q:
+    PyBuffer_Release(&q);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- streaming top-k */
+
+typedef struct {
+    float *heap_s;
+    int64_t *heap_i;
+    const float *scores;
+    const int64_t *ids;
+    int64_t k, b, begin, end; /* queries begin..end of this thread */
+} push_job;
+
+static void *run_push(void *arg) {
+    push_job *job = arg;
+    for (int64_t j = job->begin; j < job->end; j++) {
+        float *hs = job->heap_s + j * job->k;
+        int64_t *hi = job->heap_i + j * job->k;
+        const float *row = job->scores + j * job->b;
+        for (int64_t r = 0; r < job->b; r++) heap_push(hs, hi, job->k, row[r], job->ids[r]);
+    }
+    return NULL;
+}
+
+/* push(heap_scores, heap_ids, scores, ids, nq, k, b, threads): fold a block of scores (nq, b)
+ * with ids (b,) into heaps (nq, k) that start as (-inf, INT64_MAX) and stay in heap order. */
+static PyObject *py_push(PyObject *self, PyObject *args) {
+    PyObject *hs_obj, *hi_obj, *s_obj, *i_obj;
+    Py_ssize_t nq, k, b;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOnnni", &hs_obj, &hi_obj, &s_obj, &i_obj, &nq, &k, &b, &threads)) return NULL;
+    if (nq < 0 || k <= 0 || b < 0) {
+        PyErr_SetString(PyExc_ValueError, "push: bad sizes");
+        return NULL;
+    }
+    Py_buffer hs = {0}, hi = {0}, s = {0}, ids = {0};
+    int ok = 0;
+    if (get_buffer(hs_obj, &hs, 1, nq * k * 4, "heap_scores") < 0) return NULL;
+    if (get_buffer(hi_obj, &hi, 1, nq * k * 8, "heap_ids") < 0) goto release_hs;
+    if (get_buffer(s_obj, &s, 0, nq * b * 4, "scores") < 0) goto release_hi;
+    if (get_buffer(i_obj, &ids, 0, b * 8, "ids") < 0) goto release_s;
+    int nthreads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    int64_t by_size = nq * b * 4 / MIN_BYTES_PER_THREAD;
+    if (by_size < nthreads) nthreads = by_size < 1 ? 1 : (int)by_size;
+    if (nthreads > nq) nthreads = nq < 1 ? 1 : (int)nq;
+    push_job jobs[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < nthreads; t++)
+        jobs[t] = (push_job){.heap_s = hs.buf, .heap_i = hi.buf, .scores = s.buf, .ids = ids.buf, .k = k, .b = b,
+                             .begin = nq * t / nthreads, .end = nq * (t + 1) / nthreads};
+    Py_BEGIN_ALLOW_THREADS;
+    for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&handles[t], NULL, run_push, &jobs[t]) == 0;
+    run_push(&jobs[0]);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t])
+            pthread_join(handles[t], NULL);
+        else
+            run_push(&jobs[t]);
+    }
+    Py_END_ALLOW_THREADS;
+    ok = 1;
+    PyBuffer_Release(&ids);
+release_s:
+    PyBuffer_Release(&s);
+release_hi:
+    PyBuffer_Release(&hi);
+release_hs:
+    PyBuffer_Release(&hs);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* finish(heap_scores, heap_ids, nq, k, out_scores, out_ids): sort each heap. */
+static PyObject *py_finish(PyObject *self, PyObject *args) {
+    PyObject *hs_obj, *hi_obj, *os_obj, *oi_obj;
+    Py_ssize_t nq, k;
+    if (!PyArg_ParseTuple(args, "OOnnOO", &hs_obj, &hi_obj, &nq, &k, &os_obj, &oi_obj)) return NULL;
+    if (nq < 0 || k <= 0) {
+        PyErr_SetString(PyExc_ValueError, "finish: bad sizes");
+        return NULL;
+    }
+    Py_buffer hs = {0}, hi = {0}, os = {0}, oi = {0};
+    int ok = 0;
+    if (get_buffer(hs_obj, &hs, 1, nq * k * 4, "heap_scores") < 0) return NULL;
+    if (get_buffer(hi_obj, &hi, 1, nq * k * 8, "heap_ids") < 0) goto release_hs;
+    if (get_buffer(os_obj, &os, 1, nq * k * 4, "out_scores") < 0) goto release_hi;
+    if (get_buffer(oi_obj, &oi, 1, nq * k * 8, "out_ids") < 0) goto release_os;
+    ok = 1;
+    for (int64_t j = 0; j < nq && ok; j++)
+        ok = heap_sort_into((float *)hs.buf + j * k, (int64_t *)hi.buf + j * k, k, (float *)os.buf + j * k,
+                            (int64_t *)oi.buf + j * k) == 0;
+    if (!ok) PyErr_NoMemory();
+    PyBuffer_Release(&oi);
+release_os:
+    PyBuffer_Release(&os);
+release_hi:
+    PyBuffer_Release(&hi);
+release_hs:
+    PyBuffer_Release(&hs);
+    if (!ok) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- kernel choice */
+
+/* The widest kernels in use, as "avx512", "avx2" or "generic" (a CPU with AVX-512 but no
+ * vector popcount runs sign-bit codes on the AVX2 level's popcnt kernel). */
+static PyObject *py_isa(PyObject *self, PyObject *noargs) {
+    if (isa_cap >= ISA_AVX512 && cpu_has_avx512()) return PyUnicode_FromString("avx512");
+    if (isa_cap >= ISA_AVX2 && cpu_has_avx2_fma()) return PyUnicode_FromString("avx2");
+    return PyUnicode_FromString("generic");
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    if (strcmp(name, "generic") == 0)
+        isa_cap = ISA_GENERIC;
+    else if (strcmp(name, "avx2") == 0)
+        isa_cap = ISA_AVX2;
+    else if (strcmp(name, "auto") == 0 || strcmp(name, "avx512") == 0)
+        isa_cap = ISA_AVX512;
+    else {
+        PyErr_Format(PyExc_ValueError, "set_isa: 'auto', 'avx512', 'avx2' or 'generic', not '%s'", name);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", py_scan, METH_VARARGS, "Fused exact top-k scan over codes (see polymodal.index.native)."},
+    {"push", py_push, METH_VARARGS, "Fold a block of scores into bounded heaps."},
+    {"finish", py_finish, METH_VARARGS, "Sort bounded heaps into results."},
+    {"isa", py_isa, METH_NOARGS, "The kernels in use: 'avx512', 'avx2' or 'generic'."},
+    {"set_isa", py_set_isa, METH_VARARGS, "Cap the kernels: 'auto', 'avx512', 'avx2' or 'generic'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", "Fused exact top-k scans (C).", -1, methods};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "KIND_F32", KIND_F32);
+    PyModule_AddIntConstant(m, "KIND_I8", KIND_I8);
+    PyModule_AddIntConstant(m, "KIND_HAMMING", KIND_HAMMING);
+    return m;
+}
