@@ -1,20 +1,22 @@
 """Search benchmarks, side by side in one run on one machine:
 
-1. Exact search over 1M x 512 vectors, one query at a time (the bandwidth-bound case):
-   polymodal's exact backend (fp32, int8, binary codes) and faiss (IndexFlatIP,
-   IndexScalarQuantizer 8-bit, IndexBinaryFlat), against the memory-bandwidth floor
-   (bytes scanned / read bandwidth), with the bandwidth measured here. The vectors are
-   SYNTHETIC (normalised Gaussian): scan speed does not depend on their content.
-2. HNSW text→image: queries/s at recall@10 >= 0.95 (against exact search) for polymodal's
-   hnsw backend (faiss's graph) and hnswlib, same vectors, same M and ef_construction,
-   same threads, sweeping ef_search. The vectors are REAL: every image of ../shared/data
-   (Flickr8k, Tiny ImageNet train+val, CIFAR-10 test, emoji, icons: ~61k) embedded by
-   our best Flickr8k model, and its Flickr8k captions as queries.
+1. Exact search over 1M x 512 vectors (`--parts exact`, writes bench/results/search_exact.json):
+   one query at a time (the bandwidth-bound case), polymodal's exact backend over fp32, int8
+   and binary codes against faiss (IndexFlatIP, IndexScalarQuantizer 8-bit, IndexBinaryFlat)
+   and against the memory-bandwidth floor: the time torch takes to read the same codes
+   (a max over them, 2 threads), measured in turn with every query, so that the floor and
+   the scan see the same state of a shared machine. Also polymodal's numpy path
+   (POLYMODAL_NATIVE=0), and 64 queries at once. The vectors are SYNTHETIC (normalised
+   Gaussian): scan speed does not depend on their content.
+2. HNSW text→image (`--parts hnsw`, writes bench/results/search_hnsw.json): queries/s at
+   recall@10 >= 0.95 (against exact search) for polymodal's hnsw backend (faiss's graph)
+   and hnswlib, same vectors, same M and ef_construction, same threads, sweeping
+   ef_search. The vectors are REAL: every image of ../shared/data (Flickr8k, Tiny ImageNet
+   train+val, CIFAR-10 test, emoji, icons: ~61k) embedded by our best Flickr8k model, and
+   its Flickr8k captions as queries. The store is built on the first run (`polymodal
+   index` of each source; its ingest rate is recorded too).
 
-    python bench/search.py [--model runs/exp-flickr-tin-30ep/model] [--store bench/stores/shared.pm]
-
-Writes bench/results/search.json. The store is built on the first run (`polymodal index`
-of each source; its ingest rate is recorded too).
+    python bench/search.py [--parts exact,hnsw] [--model runs/exp-flickr-tin-30ep/model]
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from common import THREADS, read_bandwidth_gbs, write_result
+from common import THREADS, parse_names, write_result
 
+from polymodal.index import native
 from polymodal.index.api import index
 from polymodal.index.backends import make_backend
 from polymodal.index.pipeline import IndexOptions
@@ -40,64 +44,108 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = ("flickr8k", "tiny-imagenet", "cifar10-test", "emoji", "tabler-icons")
 EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
 TARGET_RECALL = 0.95
+PARTS = ("exact", "hnsw")
+# torch's and faiss's OpenMP threads spin for 10-20 ms after their work, taking the cores
+# from whatever runs next (measured: a 15 ms int8 scan took 21 ms right after a torch
+# product, 16 ms after a 20 ms pause); every timed call waits this long after the last.
+PAUSE_S = 0.03
 
 
-def per_query_ms(search: Any, queries: np.ndarray, repeats: int = 1) -> float:
-    search(queries[:1])  # warm-up: page in, allocate
-    times = []
-    for q in queries:
-        start = time.perf_counter()
-        for _ in range(repeats):
-            search(q[None])
-        times.append((time.perf_counter() - start) / repeats)
-    return 1000 * statistics.median(times)
+def interleaved_ms(runs: dict[str, Callable[[int], object]], rounds: int = 20) -> dict[str, float]:
+    """Median milliseconds per call of each run, called in turn (a, b, c, a, b, c, ...) with
+    query number `round` and a pause before each call."""
+    for run in runs.values():
+        run(0)  # warm-up: page in, allocate
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds):
+        for name, run in runs.items():
+            time.sleep(PAUSE_S)
+            start = time.perf_counter()
+            run(round_)
+            times[name].append(time.perf_counter() - start)
+    return {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
 
 
-def faiss_exact(quantizer: str, vectors: np.ndarray) -> Any:
-    """The faiss index a user would pick for exact search over these codes, as a search function."""
+def faiss_exact(quantizer: str, vectors: np.ndarray) -> Callable[[np.ndarray, int], Any]:
+    """The faiss index a user would pick for exact search over these codes, as search(queries, k)."""
     import faiss
 
     dim = vectors.shape[1]
     if quantizer == "binary":
         binary = faiss.IndexBinaryFlat(dim)
         binary.add(np.packbits(vectors > 0, axis=1))
-        return lambda q: binary.search(np.packbits(q > 0, axis=1), 10)
+        return lambda q, k: binary.search(np.packbits(q > 0, axis=1), k)
     if quantizer == "int8":
         index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors[:100_000])
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(vectors)
-    return lambda q: index.search(q, 10)
+    return lambda q, k: index.search(q, k)
 
 
-def compare_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray, bandwidth_gbs: float) -> dict[str, Any]:
+def read_floor(codes: np.ndarray) -> Callable[[int], object]:
+    """Reading every byte of the codes once, as fast as torch reads memory (2 threads)."""
+    flat = codes.reshape(-1).view(np.uint8)
+    words = torch.from_numpy(flat[: len(flat) // 8 * 8].view(np.int64))
+    return lambda _: words.max()
+
+
+def compare_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     ids = np.arange(len(vectors), dtype=np.int64)
     ours = make_backend("exact", vectors.shape[1], quantizer=quantizer)
     ours.build(ids, vectors)
-    floor_ms = 1000 * ours.nbytes / (bandwidth_gbs * 1e9)
-    ours_ms = per_query_ms(lambda q: ours.search(q, 10), queries)
-    peer_ms = per_query_ms(faiss_exact(quantizer, vectors), queries)
-    row = {"bytes_scanned": ours.nbytes, "floor_ms": round(floor_ms, 3), "polymodal_ms": round(ours_ms, 3),
-           "faiss_ms": round(peer_ms, 3), "polymodal_vs_floor": round(ours_ms / floor_ms, 2),
-           "faiss_vs_floor": round(peer_ms / floor_ms, 2), "polymodal_speed_vs_faiss": round(peer_ms / ours_ms, 3)}
-    if quantizer == "binary":  # the binary *backend* runs faiss's popcount kernel; the codes path is numpy
+    peer = faiss_exact(quantizer, vectors)
+
+    def ours_numpy(j: int) -> object:
+        with native.disabled():
+            return ours.search(queries[j:j + 1], 10)
+
+    runs: dict[str, Callable[[int], object]] = {
+        "floor": read_floor(ours.codes),
+        "polymodal": lambda j: ours.search(queries[j:j + 1], 10),
+        "faiss": lambda j: peer(queries[j:j + 1], 10),
+        "polymodal_numpy": ours_numpy}
+    if quantizer == "binary":  # the binary *backend* runs faiss's popcount kernel
         backend = make_backend("binary", vectors.shape[1])
         backend.build(ids, vectors)
-        row["polymodal_binary_backend_ms"] = round(per_query_ms(lambda q: backend.search(q, 10), queries), 3)
+        runs["polymodal_binary_backend"] = lambda j: backend.search(queries[j:j + 1], 10)
+    ms = interleaved_ms(runs)
+    row = {"bytes_scanned": ours.nbytes, "floor_ms": ms["floor"], "polymodal_ms": ms["polymodal"],
+           "faiss_ms": ms["faiss"], "polymodal_numpy_ms": ms["polymodal_numpy"],
+           "polymodal_vs_floor": round(ms["polymodal"] / ms["floor"], 2),
+           "faiss_vs_floor": round(ms["faiss"] / ms["floor"], 2),
+           "polymodal_speed_vs_faiss": round(ms["faiss"] / ms["polymodal"], 3),
+           "floor_gbs": round(ours.nbytes / ms["floor"] / 1e6, 1)}
+    if "polymodal_binary_backend" in ms:
+        row["polymodal_binary_backend_ms"] = ms["polymodal_binary_backend"]
     return row
 
 
-def exact_at_1m(bandwidth_gbs: float, n: int = 1_000_000, dim: int = 512, n_queries: int = 20) -> dict[str, Any]:
+def batched_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
+    """Many queries at once (an evaluation, dedup): ms per query, polymodal against faiss."""
+    ours = make_backend("exact", vectors.shape[1], quantizer=quantizer)
+    ours.build(np.arange(len(vectors), dtype=np.int64), vectors)
+    peer = faiss_exact(quantizer, vectors)
+    ms = interleaved_ms({"polymodal": lambda _: ours.search(queries, 10), "faiss": lambda _: peer(queries, 10)},
+                        rounds=3)
+    return {"queries": len(queries), "polymodal_ms": round(ms["polymodal"] / len(queries), 3),
+            "faiss_ms": round(ms["faiss"] / len(queries), 3)}
+
+
+def exact_at_1m(n: int = 1_000_000, dim: int = 512, n_queries: int = 20, batch: int = 64) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    noise = 0.1 * rng.standard_normal((n_queries, dim), dtype=np.float32)
-    queries = vectors[rng.choice(n, n_queries, replace=False)] + noise
-    out: dict[str, Any] = {"n": n, "dim": dim, "vectors": "synthetic (normalised Gaussian)", "queries": n_queries}
+    noise = 0.1 * rng.standard_normal((max(n_queries, batch), dim), dtype=np.float32)
+    queries = vectors[rng.choice(n, len(noise), replace=False)] + noise
+    out: dict[str, Any] = {"n": n, "dim": dim, "vectors": "synthetic (normalised Gaussian)", "queries": n_queries,
+                           "kernels": native.isa(), "threads": THREADS, "batched": {}}
     for quantizer in ("fp32", "int8", "binary"):
-        out[quantizer] = compare_exact(quantizer, vectors, queries, bandwidth_gbs)
+        out[quantizer] = compare_exact(quantizer, vectors, queries[:n_queries])
         print(quantizer, out[quantizer], flush=True)
+        out["batched"][quantizer] = batched_exact(quantizer, vectors, queries[:batch])
+        print(quantizer, batch, "queries at once", out["batched"][quantizer], flush=True)
     return out
 
 
@@ -176,21 +224,20 @@ def hnsw_vs_hnswlib(image_ids: np.ndarray, images: np.ndarray, texts: np.ndarray
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="runs/exp-flickr-tin-30ep/model")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"Comma-separated, from: {', '.join(PARTS)}.")
+    parser.add_argument("--model", default="runs/exp-flickr-tin-30ep/model", help="The model of the HNSW store.")
     parser.add_argument("--store", type=Path, default=Path("bench/stores/shared.pm"))
-    parser.add_argument("--skip-1m", action="store_true", help="Only the HNSW comparison.")
     args = parser.parse_args()
+    parts = parse_names(parser, args.parts, PARTS, "part")
     torch.set_num_threads(THREADS)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    results: dict[str, Any] = {}
-    image_ids, images, texts, ingest = real_vectors(args.store, args.model)
-    results["ingest"] = ingest or "store existed; not re-measured"
-    results["hnsw_text_to_image"] = hnsw_vs_hnswlib(image_ids, images, texts)
-    if not args.skip_1m:
-        bandwidth = read_bandwidth_gbs()
-        results["read_bandwidth_gbs"] = round(bandwidth, 2)
-        results["exact_1m"] = exact_at_1m(bandwidth)
-    print("wrote", write_result("search", results))
+    if "exact" in parts:
+        print("wrote", write_result("search_exact", {"exact_1m": exact_at_1m()}))
+    if "hnsw" in parts:
+        image_ids, images, texts, ingest = real_vectors(args.store, args.model)
+        results = {"ingest": ingest or "store existed; not re-measured",
+                   "hnsw_text_to_image": hnsw_vs_hnswlib(image_ids, images, texts)}
+        print("wrote", write_result("search_hnsw", results))
 
 
 if __name__ == "__main__":

@@ -27,26 +27,8 @@ def load(results: Path = RESULTS) -> dict[str, dict[str, Any]]:
 
 def rows(found: dict[str, dict[str, Any]]) -> list[Row]:
     out: list[Row] = []
-    search = found.get("search", {})
-    exact = search.get("results", {}).get("exact_1m", {})
-    source = _source(search)
-    for codes in ("fp32", "int8", "binary"):
-        row = exact.get(codes)
-        if not row:
-            continue
-        ours, peer, floor = row["polymodal_ms"], row["faiss_ms"], row["floor_ms"]
-        out.append((f"exact search 1M x {exact.get('dim', 512)}, {codes} codes, one query (ms, lower is better)",
-                    f"{ours:g}", f"faiss {peer:g}", f"{peer / ours:.2f}x", f"{floor / ours:.0%} of bandwidth",
-                    source))
-        if "polymodal_binary_backend_ms" in row:
-            backend = row["polymodal_binary_backend_ms"]
-            out.append(("exact search 1M, binary backend (ms)", f"{backend:g}", f"faiss {peer:g}",
-                        f"{peer / backend:.2f}x", f"{floor / backend:.0%} of bandwidth", source))
-    at_target = search.get("results", {}).get("hnsw_text_to_image", {}).get("at_recall_0.95", {})
-    if "polymodal" in at_target and "hnswlib" in at_target:
-        ours_qps, peer_qps = at_target["polymodal"]["qps"], at_target["hnswlib"]["qps"]
-        out.append(("HNSW text→image queries/s at recall@10 ≥ 0.95", f"{ours_qps:,.0f}", f"hnswlib {peer_qps:,.0f}",
-                    f"{ours_qps / peer_qps:.2f}x", "", source))
+    for name in ("search", "search_exact", "search_hnsw"):  # "search": both parts, as older runs wrote them
+        out += search_rows(found.get(name, {}))
     serve = found.get("serve_load", {})
     for run in serve.get("results", {}).get("runs", []):
         out.append((f"serve: {run['clients']} clients (requests/s; p50 / p99 ms)", f"{run['requests_per_s']:g}; "
@@ -68,6 +50,37 @@ def rows(found: dict[str, dict[str, Any]]) -> list[Row]:
         if key in gpu.get("results", {}):
             out.append((f"ceiling, {gpu['results'].get('device', 'GPU')}: {label}", f"{gpu['results'][key]:,.0f}",
                         "", "", "", _source(gpu)))
+    return out
+
+
+def search_rows(record: dict[str, Any]) -> list[Row]:
+    """Exact search at 1M vectors against faiss and the memory-bandwidth floor (the floor
+    measured beside each query where the run recorded it); HNSW queries/s against hnswlib
+    at the same recall."""
+    out: list[Row] = []
+    results, source = record.get("results", {}), _source(record)
+    exact = results.get("exact_1m", {})
+    for codes in ("fp32", "int8", "binary"):
+        row = exact.get(codes)
+        if not row:
+            continue
+        ours, peer, floor = row["polymodal_ms"], row["faiss_ms"], row["floor_ms"]
+        out.append((f"exact search 1M x {exact.get('dim', 512)}, {codes} codes, one query (ms, lower is better)",
+                    f"{ours:g}", f"faiss {peer:g}", f"{peer / ours:.2f}x", f"{floor / ours:.0%} of bandwidth",
+                    source))
+        if "polymodal_binary_backend_ms" in row:
+            backend = row["polymodal_binary_backend_ms"]
+            out.append(("exact search 1M, binary backend (ms)", f"{backend:g}", f"faiss {peer:g}",
+                        f"{peer / backend:.2f}x", f"{floor / backend:.0%} of bandwidth", source))
+    for codes, row in exact.get("batched", {}).items():
+        out.append((f"exact search 1M x {exact.get('dim', 512)}, {codes} codes, {row['queries']} queries at once "
+                    "(ms per query)", f"{row['polymodal_ms']:g}", f"faiss {row['faiss_ms']:g}",
+                    f"{row['faiss_ms'] / row['polymodal_ms']:.2f}x", "", source))
+    at_target = results.get("hnsw_text_to_image", {}).get("at_recall_0.95", {})
+    if "polymodal" in at_target and "hnswlib" in at_target:
+        ours_qps, peer_qps = at_target["polymodal"]["qps"], at_target["hnswlib"]["qps"]
+        out.append(("HNSW text→image queries/s at recall@10 ≥ 0.95", f"{ours_qps:,.0f}", f"hnswlib {peer_qps:,.0f}",
+                    f"{ours_qps / peer_qps:.2f}x", "", source))
     return out
 
 
@@ -167,11 +180,42 @@ def _source(record: dict[str, Any]) -> str:
     return f"{record.get('benchmark', '?')}.json, {record.get('commit', '?')}, {str(record.get('date', '?'))[:10]}"
 
 
-def table(found: dict[str, dict[str, Any]]) -> str:
+# The table's order: by result file, then as `rows` gives them.
+ORDER = ("search", "search_exact", "search_hnsw", "serve_load", "encoders", "text_bulk", "train_step", "ingest",
+         "encoders-cuda", "train_step-cuda", "ceilings", "ceilings-cuda")
+
+
+def table(found: dict[str, dict[str, Any]], previous: str = "") -> str:
+    """The table from `found`, keeping the rows of `previous` (a table this function wrote)
+    whose result file is not in `found`: bench/results/ is not committed, so a fresh
+    checkout that reruns one benchmark must not drop the others' published rows."""
+    kept = [row for row in parse_rows(previous) if _stem(row) not in found]
+    ordered = sorted(rows(found) + kept, key=lambda row: ORDER.index(_stem(row)) if _stem(row) in ORDER else len(ORDER))
     lines = ["| figure | polymodal | peer (same run) | ratio | of the ceiling | result file, commit, date |",
              "|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(found)]
+    lines += ["| " + " | ".join(row) + " |" for row in ordered]
     return "\n".join(lines)
+
+
+def parse_rows(markdown_table: str) -> list[Row]:
+    """The data rows of a table that `table` wrote."""
+    out: list[Row] = []
+    for line in markdown_table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) == 6 and cells[0] != "figure" and not cells[0].startswith("---"):
+            out.append((cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]))
+    return out
+
+
+def _stem(row: Row) -> str:
+    """The result file a row came from ("search" for "search.json, abc1234, 2026-11-23")."""
+    return row[5].split(".json")[0]
+
+
+def current_table(markdown: str) -> str:
+    if BEGIN not in markdown or END not in markdown:
+        return ""
+    return markdown.split(BEGIN, 1)[1].split(END, 1)[0]
 
 
 def rewrite(markdown: str, new_table: str) -> str:
@@ -184,7 +228,8 @@ def rewrite(markdown: str, new_table: str) -> str:
 
 
 def main() -> None:
-    BENCHMARKS.write_text(rewrite(BENCHMARKS.read_text(), table(load())))
+    markdown = BENCHMARKS.read_text()
+    BENCHMARKS.write_text(rewrite(markdown, table(load(), current_table(markdown))))
     print(f"rewrote the summary table of {BENCHMARKS}")
 
 

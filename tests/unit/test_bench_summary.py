@@ -84,3 +84,19 @@ def test_the_rewrite_replaces_only_the_marked_table() -> None:
     appended = summary.rewrite("# Benchmarks\n", "| t |")
     assert appended.startswith("# Benchmarks\n") and appended.endswith(f"{summary.BEGIN}\n| t |\n{summary.END}\n")
     assert summary.rewrite(appended, "| u |").count(summary.BEGIN) == 1
+
+
+def test_rows_of_benchmarks_without_results_here_are_kept() -> None:
+    """bench/results/ is not committed: rerunning one benchmark in a fresh checkout keeps the
+    published rows of the others, and replaces its own."""
+    old_serve = ("serve: 1 clients (requests/s; p50 / p99 ms)", "30; 1 / 2", "", "", "",
+                 "serve_load.json, 1111111, 2026-11-01")
+    old_exact = ("exact search 1M x 512, fp32 codes, one query (ms, lower is better)", "99", "faiss 200", "2.02x",
+                 "50% of bandwidth", "search_exact.json, 1111111, 2026-11-01")
+    previous = summary.table({}, "\n".join("| " + " | ".join(r) + " |" for r in (old_exact, old_serve)))
+    assert summary.parse_rows(previous) == [old_exact, old_serve]
+    found = {"search_exact": record("search_exact", {"exact_1m": {"dim": 512, "fp32": {
+        "polymodal_ms": 50.0, "faiss_ms": 100.0, "floor_ms": 45.0}}})}
+    rows = summary.parse_rows(summary.table(found, previous))
+    assert [r[5] for r in rows] == ["search_exact.json, abc1234, 2026-11-23", old_serve[5]]  # new exact, then serve
+    assert rows[0][1:5] == ("50", "faiss 100", "2.00x", "90% of bandwidth") and rows[1] == old_serve
