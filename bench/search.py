@@ -3,9 +3,9 @@
 1. Exact search over 1M x 512 vectors (`--parts exact`, writes bench/results/search_exact.json):
    one query at a time (the bandwidth-bound case), polymodal's exact backend over fp32, int8
    and binary codes against faiss (IndexFlatIP, IndexScalarQuantizer 8-bit, IndexBinaryFlat)
-   and against the memory-bandwidth floor: the time torch takes to read the same codes
-   (a max over them, 2 threads), measured in turn with every query, so that the floor and
-   the scan see the same state of a shared machine. Also polymodal's numpy path
+   and against the memory-bandwidth floor: the bytes of the codes at the read bandwidth
+   measured right before each query (torch reading 512 MB, 2 threads), which also leaves
+   every call the same cold cache; ratios are medians over the queries. Also polymodal's numpy path
    (POLYMODAL_NATIVE=0), and 64 queries at once. The vectors are SYNTHETIC (normalised
    Gaussian): scan speed does not depend on their content.
 2. HNSW text→image (`--parts hnsw`, writes bench/results/search_hnsw.json): queries/s at
@@ -21,8 +21,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# OpenMP threads (torch's and faiss's) spin for 10-20 ms after their work by default and
+# take the cores from whatever runs next: a 15 ms int8 scan took 21 ms right after a torch
+# product. Pausing between the timed calls instead lets the CPU idle, which slows the next
+# short call (a 1.4 ms scan took 2.4 ms after a 30 ms pause). With passive waiting, every
+# library's threads sleep as soon as their work ends and the calls run back to back.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -45,25 +53,55 @@ SOURCES = ("flickr8k", "tiny-imagenet", "cifar10-test", "emoji", "tabler-icons")
 EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
 TARGET_RECALL = 0.95
 PARTS = ("exact", "hnsw")
-# torch's and faiss's OpenMP threads spin for 10-20 ms after their work, taking the cores
-# from whatever runs next (measured: a 15 ms int8 scan took 21 ms right after a torch
-# product, 16 ms after a 20 ms pause); every timed call waits this long after the last.
-PAUSE_S = 0.03
 
 
-def interleaved_ms(runs: dict[str, Callable[[int], object]], rounds: int = 20) -> dict[str, float]:
-    """Median milliseconds per call of each run, called in turn (a, b, c, a, b, c, ...) with
-    query number `round` and a pause before each call."""
+READ_BYTES = 512 << 20  # read before every timed call: many times any L3, and long enough to time well
+
+
+class Timings:
+    """Milliseconds of each call of each run, and the memory read bandwidth measured just
+    before each call (GB/s): torch reading a 512 MB buffer with 2 threads."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.ms: dict[str, list[float]] = {name: [] for name in names}
+        self.read_gbs: dict[str, list[float]] = {name: [] for name in names}
+
+    def median_ms(self, name: str) -> float:
+        return round(statistics.median(self.ms[name]), 3)
+
+    def speed_ratio(self, slower: str, faster: str) -> float:
+        """Median over rounds of slower's time / faster's time (>1: `faster` is faster)."""
+        return round(statistics.median(a / b for a, b in zip(self.ms[slower], self.ms[faster], strict=True)), 3)
+
+    def vs_floor(self, name: str, nbytes: int) -> float:
+        """Median over calls of the call's time / the time to read `nbytes` at the bandwidth
+        measured just before it (1.0: the call ran at memory speed)."""
+        return round(statistics.median(ms * gbs * 1e6 / nbytes
+                                       for ms, gbs in zip(self.ms[name], self.read_gbs[name], strict=True)), 3)
+
+
+def interleaved(runs: dict[str, Callable[[int], object]], rounds: int = 20) -> Timings:
+    """Each run called in turn (a, b, c, a, b, c, ...) with query number `round`, right after
+    a timed read of a buffer larger than the caches. The read gives the bandwidth of the
+    moment: this shared machine's moves between about 37 and 64 GB/s for seconds at a
+    time, so each call is held to its own floor. It also leaves every call the same empty
+    cache: the 64 MB of sign bits of 1M vectors are twice a 32 MB L3, and a scan right
+    after another of the same codes ran 20% faster than one after faiss's scan of its own
+    copy."""
+    buffer = torch.ones(READ_BYTES // 4)
     for run in runs.values():
         run(0)  # warm-up: page in, allocate
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    timings = Timings(list(runs))
     for round_ in range(rounds):
         for name, run in runs.items():
-            time.sleep(PAUSE_S)
             start = time.perf_counter()
+            buffer.max()
+            middle = time.perf_counter()
             run(round_)
-            times[name].append(time.perf_counter() - start)
-    return {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
+            end = time.perf_counter()
+            timings.read_gbs[name].append(READ_BYTES / (middle - start) / 1e9)
+            timings.ms[name].append(1000 * (end - middle))
+    return timings
 
 
 def faiss_exact(quantizer: str, vectors: np.ndarray) -> Callable[[np.ndarray, int], Any]:
@@ -84,13 +122,6 @@ def faiss_exact(quantizer: str, vectors: np.ndarray) -> Callable[[np.ndarray, in
     return lambda q, k: index.search(q, k)
 
 
-def read_floor(codes: np.ndarray) -> Callable[[int], object]:
-    """Reading every byte of the codes once, as fast as torch reads memory (2 threads)."""
-    flat = codes.reshape(-1).view(np.uint8)
-    words = torch.from_numpy(flat[: len(flat) // 8 * 8].view(np.int64))
-    return lambda _: words.max()
-
-
 def compare_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
     ids = np.arange(len(vectors), dtype=np.int64)
     ours = make_backend("exact", vectors.shape[1], quantizer=quantizer)
@@ -102,7 +133,6 @@ def compare_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> d
             return ours.search(queries[j:j + 1], 10)
 
     runs: dict[str, Callable[[int], object]] = {
-        "floor": read_floor(ours.codes),
         "polymodal": lambda j: ours.search(queries[j:j + 1], 10),
         "faiss": lambda j: peer(queries[j:j + 1], 10),
         "polymodal_numpy": ours_numpy}
@@ -110,15 +140,18 @@ def compare_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> d
         backend = make_backend("binary", vectors.shape[1])
         backend.build(ids, vectors)
         runs["polymodal_binary_backend"] = lambda j: backend.search(queries[j:j + 1], 10)
-    ms = interleaved_ms(runs)
-    row = {"bytes_scanned": ours.nbytes, "floor_ms": ms["floor"], "polymodal_ms": ms["polymodal"],
-           "faiss_ms": ms["faiss"], "polymodal_numpy_ms": ms["polymodal_numpy"],
-           "polymodal_vs_floor": round(ms["polymodal"] / ms["floor"], 2),
-           "faiss_vs_floor": round(ms["faiss"] / ms["floor"], 2),
-           "polymodal_speed_vs_faiss": round(ms["faiss"] / ms["polymodal"], 3),
-           "floor_gbs": round(ours.nbytes / ms["floor"] / 1e6, 1)}
-    if "polymodal_binary_backend" in ms:
-        row["polymodal_binary_backend_ms"] = ms["polymodal_binary_backend"]
+    t = interleaved(runs)
+    read_gbs = statistics.median(g for gbs in t.read_gbs.values() for g in gbs)
+    row = {"bytes_scanned": ours.nbytes, "read_gbs": round(read_gbs, 1),
+           "floor_ms": round(1000 * ours.nbytes / (read_gbs * 1e9), 3), "polymodal_ms": t.median_ms("polymodal"),
+           "faiss_ms": t.median_ms("faiss"), "polymodal_numpy_ms": t.median_ms("polymodal_numpy"),
+           "polymodal_vs_floor": t.vs_floor("polymodal", ours.nbytes),
+           "faiss_vs_floor": t.vs_floor("faiss", ours.nbytes),
+           "polymodal_speed_vs_faiss": t.speed_ratio("faiss", "polymodal"),
+           "polymodal_speed_vs_numpy_path": t.speed_ratio("polymodal_numpy", "polymodal")}
+    if "polymodal_binary_backend" in runs:
+        row["polymodal_binary_backend_ms"] = t.median_ms("polymodal_binary_backend")
+        row["binary_backend_vs_floor"] = t.vs_floor("polymodal_binary_backend", ours.nbytes)
     return row
 
 
@@ -127,10 +160,10 @@ def batched_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> d
     ours = make_backend("exact", vectors.shape[1], quantizer=quantizer)
     ours.build(np.arange(len(vectors), dtype=np.int64), vectors)
     peer = faiss_exact(quantizer, vectors)
-    ms = interleaved_ms({"polymodal": lambda _: ours.search(queries, 10), "faiss": lambda _: peer(queries, 10)},
-                        rounds=3)
-    return {"queries": len(queries), "polymodal_ms": round(ms["polymodal"] / len(queries), 3),
-            "faiss_ms": round(ms["faiss"] / len(queries), 3)}
+    t = interleaved({"polymodal": lambda _: ours.search(queries, 10), "faiss": lambda _: peer(queries, 10)}, rounds=5)
+    return {"queries": len(queries), "polymodal_ms": round(t.median_ms("polymodal") / len(queries), 3),
+            "faiss_ms": round(t.median_ms("faiss") / len(queries), 3),
+            "polymodal_speed_vs_faiss": t.speed_ratio("faiss", "polymodal")}
 
 
 def exact_at_1m(n: int = 1_000_000, dim: int = 512, n_queries: int = 20, batch: int = 64) -> dict[str, Any]:

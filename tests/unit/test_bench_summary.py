@@ -100,3 +100,16 @@ def test_rows_of_benchmarks_without_results_here_are_kept() -> None:
     rows = summary.parse_rows(summary.table(found, previous))
     assert [r[5] for r in rows] == ["search_exact.json, abc1234, 2026-11-23", old_serve[5]]  # new exact, then serve
     assert rows[0][1:5] == ("50", "faiss 100", "2.00x", "90% of bandwidth") and rows[1] == old_serve
+
+
+def test_exact_rows_use_per_round_ratios_where_the_run_recorded_them() -> None:
+    """A shared machine's bandwidth moves between rounds: the floor timed beside each query
+    gives the share of the floor, not the ratio of the two medians."""
+    fp32 = {"polymodal_ms": 40.0, "faiss_ms": 100.0, "floor_ms": 50.0, "read_gbs": 40.0,
+            "polymodal_vs_floor": 1.25, "polymodal_speed_vs_faiss": 3.0}
+    batched = {"fp32": {"queries": 64, "polymodal_ms": 2.0, "faiss_ms": 5.0, "polymodal_speed_vs_faiss": 2.4}}
+    found = {"search_exact": record("search_exact", {"exact_1m": {"dim": 512, "fp32": fp32, "batched": batched}})}
+    one, many = summary.rows(found)
+    assert one[1:5] == ("40", "faiss 100", "3.00x", "80% of bandwidth")  # not 50/40 = 125%
+    assert many[0] == "exact search 1M x 512, fp32 codes, 64 queries at once (ms per query)"
+    assert many[1:4] == ("2", "faiss 5", "2.40x")

@@ -197,3 +197,24 @@ def test_the_environment_switch_turns_the_kernels_off() -> None:
     env = os.environ | {"POLYMODAL_NATIVE": "0"}
     out = subprocess.run([sys.executable, "-c", command], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _scan_in_child(codes: np.ndarray, queries: np.ndarray) -> list:
+    return native.scan_float32(queries, codes, 5)[1].tolist()
+
+
+def test_scans_from_several_python_threads_and_a_forked_child(four_threads: None) -> None:
+    """The helper threads serve one scan at a time: a second Python thread scanning at the
+    same time starts threads of its own, and a forked child (which has none of the parent's
+    threads) starts new helpers instead of waiting for the parent's."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    codes = rng.standard_normal((6000, 512)).astype(np.float32)  # 12 MB: several threads per scan
+    queries = [rng.standard_normal((2, 512)).astype(np.float32) for _ in range(12)]
+    want = [native.scan_float32(q, codes, 5)[1].tolist() for q in queries]  # starts the helpers
+    with ThreadPoolExecutor(4) as threads:
+        assert list(threads.map(lambda q: native.scan_float32(q, codes, 5)[1].tolist(), queries)) == want
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        assert child.apply_async(_scan_in_child, (codes, queries[0])).get(timeout=60) == want[0]

@@ -125,9 +125,9 @@ class ExactBackend(Backend):
         self.codes = self.quantizer.encode(vectors)
 
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        positions = np.arange(len(self.codes)) if allowed is None else allowed
-        codes = self.codes if allowed is None else self.codes[allowed]
-        return self.quantizer.top_k(queries, codes, positions, k)
+        if allowed is None:  # positions are the row numbers
+            return self.quantizer.top_k(queries, self.codes, None, k)
+        return self.quantizer.top_k(queries, self.codes[allowed], allowed, k)
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, codes=self.codes)

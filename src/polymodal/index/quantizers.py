@@ -70,11 +70,12 @@ class Quantizer(ABC):
             out[:, start:start + BLOCK_ROWS] = queries @ self.decode(codes[start:start + BLOCK_ROWS]).T
         return out
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
         """The k best codes per query by `scores`, as (scores, ids) sorted by score, then id
-        (padded with -inf, -1); quantisers with a compiled scan override it."""
-        return exact_top_k(queries, codes, ids, k, self.scores)
+        (padded with -inf, -1); ids None: the row numbers. Quantisers with a compiled scan
+        override it."""
+        return exact_top_k(queries, codes, row_ids(codes, ids), k, self.scores)
 
     @property
     @abstractmethod
@@ -100,7 +101,7 @@ class Float32(Quantizer):
     def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return queries @ codes.T
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
         if native.available() and len(queries) <= FLOAT32_FUSED_MAX_QUERIES:
             return native.scan_float32(queries, codes, k, ids)
@@ -172,7 +173,7 @@ class Int8(Quantizer):
             products = codes.astype(np.int32) @ q8.astype(np.int32)
         return (products.T * alpha).astype(np.float32)
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
         if native.available() and len(queries) <= INT8_FUSED_MAX_QUERIES:
             return native.scan_int8(self.scaled_queries(queries), codes, k, ids)
@@ -182,6 +183,7 @@ class Int8(Quantizer):
         # two passes: int8 x int8 products pick candidate rows, the float query ranks them
         _, candidates = exact_top_k(queries, codes, np.arange(len(codes)), fetch, self.approximate_scores,
                                     block_rows=INT8_BLOCK_ROWS)
+        ids = row_ids(codes, ids)
         found = [merge_top_k(self.scores(q[None], codes[rows[rows >= 0]]), ids[rows[rows >= 0]], k)
                  for q, rows in zip(queries, candidates, strict=True)]
         return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
@@ -195,6 +197,12 @@ class Int8(Quantizer):
 
     def load(self, folder: Path) -> None:
         self.scale = load_arrays(folder, "int8_scale")["int8_scale"]
+
+
+def row_ids(codes: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+    """`ids`, or the row numbers where None (the compiled scans need no array for those: an
+    arange of a million ids is 8 MB written per query)."""
+    return np.arange(len(codes), dtype=np.int64) if ids is None else ids
 
 
 def _as_words(codes: np.ndarray) -> np.ndarray:
@@ -240,7 +248,7 @@ class Binary(Quantizer):
                 out[n, start:start + rows] = 1.0 - 2.0 * hamming / self.dim
         return out
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray, k: int
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
               ) -> tuple[np.ndarray, np.ndarray]:
         if not native.available():
             return super().top_k(queries, codes, ids, k)
