@@ -139,6 +139,8 @@ def test_bad_backend_requests_are_clear(data: tuple) -> None:
 
 @pytest.mark.parametrize(("n", "dim", "budget", "backend"), [
     (5_000, 512, 2 ** 30, "exact"),            # small: exact fp32 is fast enough and fits
+    (250_000, 256, 2 ** 30, "exact"),          # 256 MB of codes: a scan of ~7 ms
+    (250_000, 512, 2 ** 30, "hnsw"),           # 512 MB of codes: a graph answers faster
     (500_000, 512, 4 * 2 ** 30, "hnsw"),       # fits as float32 + graph
     (2_000_000, 512, 2 * 2 ** 30, "hnsw"),     # int8 graph fits, float32 does not
     (20_000_000, 512, 2 * 2 ** 30, "ivfpq"),   # only compressed codes fit
