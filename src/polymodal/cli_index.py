@@ -41,7 +41,10 @@ ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
 _INT8_HELP = ("int8: Linear layers quantised, on the CPU (1.3-2.4x fp32's speed at batch 64, embeddings within "
               "cosine 0.996 of fp32's; check the evaluation: small models lose some recall).")
-PrecisionOpt = Annotated[str, typer.Option(help=f"auto (bf16 on a GPU, else fp32), fp32, bf16, or {_INT8_HELP}")]
+_BF16_HELP = ("bf16 (autocast: on CPUs with fast bf16 units, e.g. AMD Zen 4, 1.7-2.2x fp32's speed within cosine "
+              "0.99996; slower on others)")
+PrecisionOpt = Annotated[str, typer.Option(
+    help=f"auto (bf16 on a GPU, else fp32), fp32, {_BF16_HELP}, or {_INT8_HELP}")]
 BackendOpt = Annotated[str | None, typer.Option(
     help="Search index: exact, hnsw, ivfpq, lsh, binary or kdtree; default: the store's (exact).")]
 ParamOpt = Annotated[list[str] | None, typer.Option(
@@ -100,7 +103,7 @@ def index_update(
     flush_every: Annotated[int, typer.Option(min=1, help="Vectors per commit: what a killed run redoes.")] = 1024,
     device: DeviceOpt = "",
     precision: Annotated[str, typer.Option(help=(
-        f"fp32 (the default: queries are embedded in fp32 too), bf16, or {_INT8_HELP}"))] = "fp32",
+        f"fp32 (the default: queries are embedded in fp32 too), {_BF16_HELP}, or {_INT8_HELP}"))] = "fp32",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -38,9 +38,10 @@ def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for "auto", "bf16" or "fp32" (None = full precision; also for
     "int8", whose model is quantised instead, see `quantise_int8`).
 
-    auto picks bf16 on GPUs that support it. On CPUs it stays fp32: measured on the
-    2-core AVX-512-BF16 reference machine, bf16 autocast made the small presets slower
-    (attention, norms and casts dominate there; see BENCHMARKS.md), so it is opt-in.
+    auto picks bf16 on GPUs that support it. On CPUs it stays fp32, so that results do not
+    depend on the machine: bf16 autocast embedded 1.7-2.2x faster than fp32 on an AMD Zen 4
+    and was slower on an Intel Xeon whose bf16 matrix multiply ran at half the fp32 rate
+    (BENCHMARKS.md), so it is opt-in there.
     """
     if check_precision(setting) in ("fp32", "int8"):
         return None

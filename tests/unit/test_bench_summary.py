@@ -49,6 +49,10 @@ def test_encoder_rows_show_our_tuned_allocator_against_the_peer_as_it_ships() ->
                                                                            "text": {}}}})}
     (row,) = summary.rows(found)
     assert row[1:4] == ("140; 210", "transformers 100 (120 with our allocator setting)", "1.40x; 2.10x")
+    batch.update(bf16_per_s=190.0, bf16_over_peer=1.9)  # bf16 autocast, where the run timed it
+    (row,) = summary.rows(found)
+    assert row[0] == "tiny-64 images embedded/s, batch 1 (fp32; bf16; int8)"
+    assert row[1:4] == ("140; 190; 210", "transformers 100 (120 with our allocator setting)", "1.40x; 1.90x; 2.10x")
 
 
 def test_gpu_train_step_and_ingest_rows() -> None:
