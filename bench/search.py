@@ -267,6 +267,10 @@ def main() -> None:
     if "exact" in parts:
         print("wrote", write_result("search_exact", {"exact_1m": exact_at_1m()}))
     if "hnsw" in parts:
+        if not (args.store / "manifest.json").exists() and not Path(args.model).is_dir():
+            raise SystemExit(f"the HNSW part embeds ../shared/data with {args.model}, which is not here: train it "
+                             "(recipes/tinyimagenet-pretrain.toml, then recipes/flickr8k-from-tinyimagenet.toml), "
+                             "name another model with --model, or run --parts exact")
         image_ids, images, texts, ingest = real_vectors(args.store, args.model)
         results = {"ingest": ingest or "store existed; not re-measured",
                    "hnsw_text_to_image": hnsw_vs_hnswlib(image_ids, images, texts)}

@@ -14,13 +14,14 @@ sizes of our vit-tiny-64 preset). On the CPU each step is timed with glibc's def
 allocator, and again with the setting polymodal's command line applies ("_tuned";
 polymodal.runtime.tune_allocator), which speeds the peer up too: each setting in child
 processes of its own (glibc cannot undo it within a process), rounds alternating. On a
-GPU (`--device cuda`) both also run under bf16 autocast and the result goes to
-train_step-cuda.json.
+GPU (`--device cuda`), and on the CPU with `--bf16`, both also run under bf16 autocast; a
+GPU's results go to train_step-cuda.json.
 
     python bench/train_step.py                       # writes bench/results/train_step.json
     python bench/train_step.py --arch tiny-64 --batch 128
     python bench/train_step.py --device cuda         # on a GPU
     python bench/train_step.py --compile             # also our step through torch.compile
+    python bench/train_step.py --bf16                # also both steps under bf16 autocast
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def measure(name: str, config: Any, device: str, batch: int, bf16: bool, compile
     out: dict[str, Any] = {"batch": batch, "precision": "bf16 autocast" if bf16 else "fp32",
                            "parity": parity(peer, ours, losses)}
     if device == "cpu":
-        argv = ["--arch", name, "--batch", str(batch), *(["--compile"] if compile else [])]
+        argv = ["--arch", name, "--batch", str(batch), *(["--compile"] if compile else []),
+                *(["--bf16"] if bf16 else [])]
         rates = rates_in_child_processes("train_step.py", argv, {"system": [], "tuned": []})["step"]
     else:
         rates = timings(config, device, batch, bf16, compile)
@@ -161,6 +163,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a machine with a GPU.")
     parser.add_argument("--batch", type=int, default=0, help="Pairs per step (default: by architecture and device).")
     parser.add_argument("--compile", action="store_true", help="Also time our step through torch.compile.")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Also time both steps under bf16 autocast on the CPU (on a GPU they always are).")
     add_child_arguments(parser)
     args = parser.parse_args()
     kind = "cpu" if args.device == "cpu" else "cuda"
@@ -172,7 +176,8 @@ def main() -> None:
         (name,) = archs
         batch = args.batch or BATCHES[kind][name]
         only = [v for v in args.variants.split(",") if v]
-        finish_child(args, {"step": timings(configs[name], args.device, batch, False, args.compile, only, rounds=1)})
+        finish_child(args, {"step": timings(configs[name], args.device, batch, args.bf16, args.compile, only,
+                                            rounds=1)})
         return
     results: dict[str, Any] = {"threads": THREADS, "device": args.device, "optimiser": f"AdamW lr={LR} wd=0.1",
                                "peer": "transformers CLIPModel(return_loss=True), its default attention",
@@ -180,7 +185,7 @@ def main() -> None:
     for name in archs:
         batch = args.batch or BATCHES[kind][name]
         runs = {"fp32": measure(name, configs[name], args.device, batch, bf16=False, compile=args.compile)}
-        if kind == "cuda":
+        if kind == "cuda" or args.bf16:
             runs["bf16"] = measure(name, configs[name], args.device, batch, bf16=True, compile=args.compile)
         results["architectures"][name] = runs
     path = write_result("train_step" if kind == "cpu" else "train_step-cuda", results)
