@@ -115,40 +115,33 @@ static int heap_sort_into(float *hs, int64_t *hi, int64_t k, float *out_s, int64
 typedef void (*score_fn)(const void *queries, int64_t nq, const void *rows, int64_t nrows, int64_t dim,
                          float *out);
 
-static void f32_generic(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t dim, float *out) {
-    const float *q = qv, *rows = rv;
-    for (int64_t r = 0; r < nrows; r++) {
-        const float *x = rows + r * dim;
-        for (int64_t j = 0; j < nq; j++) {
-            const float *qj = q + j * dim;
-            float acc[8] = {0};
-            int64_t i = 0;
-            for (; i + 8 <= dim; i += 8)
-                for (int l = 0; l < 8; l++) acc[l] += qj[i + l] * x[i + l];
-            float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-            for (; i < dim; i++) s += qj[i] * x[i];
-            out[j * nrows + r] = s;
-        }
+/* One kernel per code type and instruction set: every query against every row, a row at a
+ * time, read in order. DOT(query, row, dim) scores one pair; ATTR compiles the kernel for
+ * the instruction set DOT uses (empty: the baseline). */
+#define DEFINE_KERNEL(NAME, ATTR, QUERY_T, CODE_T, DOT)                                                            \
+    ATTR static void NAME(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t dim, float *out) { \
+        const QUERY_T *q = qv;                                                                              \
+        const CODE_T *rows = rv;                                                                          \
+        for (int64_t r = 0; r < nrows; r++)                                                               \
+            for (int64_t j = 0; j < nq; j++) out[j * nrows + r] = DOT(q + j * dim, rows + r * dim, dim);  \
     }
-}
 
-static void i8_generic(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t dim, float *out) {
-    const float *q = qv;
-    const int8_t *rows = rv;
-    for (int64_t r = 0; r < nrows; r++) {
-        const int8_t *x = rows + r * dim;
-        for (int64_t j = 0; j < nq; j++) {
-            const float *qj = q + j * dim;
-            float acc[8] = {0};
-            int64_t i = 0;
-            for (; i + 8 <= dim; i += 8)
-                for (int l = 0; l < 8; l++) acc[l] += qj[i + l] * (float)x[i + l];
-            float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-            for (; i < dim; i++) s += qj[i] * (float)x[i];
-            out[j * nrows + r] = s;
-        }
+/* Portable: eight partial sums, which compilers vectorise for the baseline (SSE2 on x86-64). */
+#define DEFINE_GENERIC_DOT(NAME, CODE_T)                                                                  \
+    static inline float NAME(const float *q, const CODE_T *x, int64_t dim) {                             \
+        float acc[8] = {0};                                                                               \
+        int64_t i = 0;                                                                                    \
+        for (; i + 8 <= dim; i += 8)                                                                      \
+            for (int l = 0; l < 8; l++) acc[l] += q[i + l] * (float)x[i + l];                             \
+        float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));     \
+        for (; i < dim; i++) s += q[i] * (float)x[i];                                                     \
+        return s;                                                                                         \
     }
-}
+
+DEFINE_GENERIC_DOT(dot_f32_generic, float)
+DEFINE_GENERIC_DOT(dot_i8_generic, int8_t)
+DEFINE_KERNEL(f32_generic, , float, float, dot_f32_generic)
+DEFINE_KERNEL(i8_generic, , float, int8_t, dot_i8_generic)
 
 static inline int popcount64_portable(uint64_t x) {
     x = x - ((x >> 1) & 0x5555555555555555ULL);
@@ -157,19 +150,14 @@ static inline int popcount64_portable(uint64_t x) {
     return (int)((x * 0x0101010101010101ULL) >> 56);
 }
 
-static void hamming_generic(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t words,
-                            float *out) {
-    const uint64_t *q = qv, *rows = rv;
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint64_t *x = rows + r * words;
-        for (int64_t j = 0; j < nq; j++) {
-            const uint64_t *qj = q + j * words;
-            int64_t h = 0;
-            for (int64_t w = 0; w < words; w++) h += popcount64_portable(qj[w] ^ x[w]);
-            out[j * nrows + r] = -(float)h;
-        }
-    }
+/* Sign bits: -hamming distance over `dim` 64-bit words. */
+static inline float hamming_generic_dot(const uint64_t *q, const uint64_t *x, int64_t words) {
+    int64_t h = 0;
+    for (int64_t w = 0; w < words; w++) h += popcount64_portable(q[w] ^ x[w]);
+    return -(float)h;
 }
+
+DEFINE_KERNEL(hamming_generic, , uint64_t, uint64_t, hamming_generic_dot)
 
 #ifdef POLYMODAL_X86
 __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
@@ -179,70 +167,43 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma"))) static void f32_avx2(const void *qv, int64_t nq, const void *rv,
-                                                          int64_t nrows, int64_t dim, float *out) {
-    const float *q = qv, *rows = rv;
-    for (int64_t r = 0; r < nrows; r++) {
-        const float *x = rows + r * dim;
-        for (int64_t j = 0; j < nq; j++) {
-            const float *qj = q + j * dim;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int64_t i = 0;
-            for (; i + 32 <= dim; i += 32) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), _mm256_loadu_ps(x + i), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-            }
-            for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), _mm256_loadu_ps(x + i), a0);
-            float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-            for (; i < dim; i++) s += qj[i] * x[i];
-            out[j * nrows + r] = s;
-        }
+/* AVX2 + FMA: four chains of 8 lanes along the row; LOAD8 reads 8 codes as floats. */
+#define AVX2 __attribute__((target("avx2,fma")))
+#define DEFINE_AVX2_DOT(NAME, CODE_T, LOAD8)                                                              \
+    AVX2 static inline float NAME(const float *q, const CODE_T *x, int64_t dim) {                        \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                       \
+        int64_t i = 0;                                                                                    \
+        for (; i + 32 <= dim; i += 32) {                                                                  \
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LOAD8(x + i), a0);                               \
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), LOAD8(x + i + 8), a1);                       \
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16), LOAD8(x + i + 16), a2);                     \
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24), LOAD8(x + i + 24), a3);                     \
+        }                                                                                                 \
+        for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LOAD8(x + i), a0);     \
+        float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));                   \
+        for (; i < dim; i++) s += q[i] * (float)x[i];                                                     \
+        return s;                                                                                         \
     }
-}
 
-__attribute__((target("avx2,fma"))) static inline __m256 widen8(const int8_t *p) {
+AVX2 static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
+
+AVX2 static inline __m256 load8_i8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-__attribute__((target("avx2,fma"))) static void i8_avx2(const void *qv, int64_t nq, const void *rv,
-                                                         int64_t nrows, int64_t dim, float *out) {
-    const float *q = qv;
-    const int8_t *rows = rv;
-    for (int64_t r = 0; r < nrows; r++) {
-        const int8_t *x = rows + r * dim;
-        for (int64_t j = 0; j < nq; j++) {
-            const float *qj = q + j * dim;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int64_t i = 0;
-            for (; i + 32 <= dim; i += 32) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), widen8(x + i), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), widen8(x + i + 8), a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 16), widen8(x + i + 16), a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 24), widen8(x + i + 24), a3);
-            }
-            for (; i + 8 <= dim; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), widen8(x + i), a0);
-            float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-            for (; i < dim; i++) s += qj[i] * (float)x[i];
-            out[j * nrows + r] = s;
-        }
-    }
+DEFINE_AVX2_DOT(dot_f32_avx2, float, load8_f32)
+DEFINE_AVX2_DOT(dot_i8_avx2, int8_t, load8_i8)
+DEFINE_KERNEL(f32_avx2, AVX2, float, float, dot_f32_avx2)
+DEFINE_KERNEL(i8_avx2, AVX2, float, int8_t, dot_i8_avx2)
+
+#define POPCNT __attribute__((target("popcnt")))
+POPCNT static inline float hamming_popcnt_dot(const uint64_t *q, const uint64_t *x, int64_t words) {
+    int64_t h = 0;
+    for (int64_t w = 0; w < words; w++) h += __builtin_popcountll(q[w] ^ x[w]);
+    return -(float)h;
 }
 
-__attribute__((target("popcnt"))) static void hamming_popcnt(const void *qv, int64_t nq, const void *rv,
-                                                               int64_t nrows, int64_t words, float *out) {
-    const uint64_t *q = qv, *rows = rv;
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint64_t *x = rows + r * words;
-        for (int64_t j = 0; j < nq; j++) {
-            const uint64_t *qj = q + j * words;
-            int64_t h = 0;
-            for (int64_t w = 0; w < words; w++) h += __builtin_popcountll(qj[w] ^ x[w]);
-            out[j * nrows + r] = -(float)h;
-        }
-    }
-}
+DEFINE_KERNEL(hamming_popcnt, POPCNT, uint64_t, uint64_t, hamming_popcnt_dot)
 
 #define AVX512_FLOAT_TARGET "avx512f,avx512dq,avx512bw,avx512vl,fma"
 #define AVX512_POPCNT_TARGET AVX512_FLOAT_TARGET ",avx512vpopcntdq"
@@ -252,42 +213,34 @@ __attribute__((target("popcnt"))) static void hamming_popcnt(const void *qv, int
  * slower from memory: the interleaved reads of 4 rows defeat the hardware prefetcher.) */
 static inline __mmask16 tail_mask16(int64_t left) { return left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1); }
 
-#define DEFINE_ROW_KERNEL(NAME, CODE_T, LOAD16)                                                           \
-    __attribute__((target(AVX512_FLOAT_TARGET))) static void NAME(const void *qv, int64_t nq, const void *rv, \
-                                                                   int64_t nrows, int64_t dim, float *out) { \
-        const float *q = qv;                                                                              \
-        const CODE_T *rows = rv;                                                                          \
-        for (int64_t r = 0; r < nrows; r++) {                                                             \
-            const CODE_T *x = rows + r * dim;                                                             \
-            for (int64_t j = 0; j < nq; j++) {                                                            \
-                const float *qj = q + j * dim;                                                            \
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                               \
-                int64_t i = 0;                                                                            \
-                for (; i + 64 <= dim; i += 64) {                                                          \
-                    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i), LOAD16(0xFFFF, x + i), a0);             \
-                    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i + 16), LOAD16(0xFFFF, x + i + 16), a1);   \
-                    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i + 32), LOAD16(0xFFFF, x + i + 32), a2);   \
-                    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i + 48), LOAD16(0xFFFF, x + i + 48), a3);   \
-                }                                                                                         \
-                for (; i < dim; i += 16) { /* the tail under a mask: no scalar loop */                   \
-                    __mmask16 m = tail_mask16(dim - i);                                                   \
-                    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qj + i), LOAD16(m, x + i), a0);         \
-                }                                                                                         \
-                out[j * nrows + r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))); \
-            }                                                                                             \
+#define AVX512 __attribute__((target(AVX512_FLOAT_TARGET)))
+#define DEFINE_AVX512_DOT(NAME, CODE_T, LOAD16)                                                           \
+    AVX512 static inline float NAME(const float *q, const CODE_T *x, int64_t dim) {                      \
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                       \
+        int64_t i = 0;                                                                                    \
+        for (; i + 64 <= dim; i += 64) {                                                                  \
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), LOAD16(0xFFFF, x + i), a0);                      \
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16), LOAD16(0xFFFF, x + i + 16), a1);            \
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 32), LOAD16(0xFFFF, x + i + 32), a2);            \
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 48), LOAD16(0xFFFF, x + i + 48), a3);            \
         }                                                                                                 \
+        for (; i < dim; i += 16) { /* the tail under a mask: no scalar loop */                           \
+            __mmask16 m = tail_mask16(dim - i);                                                           \
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), LOAD16(m, x + i), a0);                  \
+        }                                                                                                 \
+        return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));          \
     }
 
-__attribute__((target(AVX512_FLOAT_TARGET))) static inline __m512 load16_f32(__mmask16 m, const float *p) {
-    return _mm512_maskz_loadu_ps(m, p);
-}
+AVX512 static inline __m512 load16_f32(__mmask16 m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
 
-__attribute__((target(AVX512_FLOAT_TARGET))) static inline __m512 load16_i8(__mmask16 m, const int8_t *p) {
+AVX512 static inline __m512 load16_i8(__mmask16 m, const int8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
 }
 
-DEFINE_ROW_KERNEL(f32_avx512, float, load16_f32)
-DEFINE_ROW_KERNEL(i8_avx512, int8_t, load16_i8)
+DEFINE_AVX512_DOT(dot_f32_avx512, float, load16_f32)
+DEFINE_AVX512_DOT(dot_i8_avx512, int8_t, load16_i8)
+DEFINE_KERNEL(f32_avx512, AVX512, float, float, dot_f32_avx512)
+DEFINE_KERNEL(i8_avx512, AVX512, float, int8_t, dot_i8_avx512)
 
 /* int8 codes against a float query with the CPU's integer dot products (VNNI): the query is
  * split into two int16 terms, q ~ a1 q1 + a2 q2 (q2 holds what rounding q1 left), and each
@@ -434,46 +387,20 @@ static const int64_t QUERY_BYTES[N_KINDS] = {4, 4, 8}; /* bytes per element of t
 enum { ISA_GENERIC, ISA_AVX2, ISA_AVX512 };
 static int isa_cap = ISA_AVX512; /* set_isa: the widest kernels allowed */
 
-static int cpu_has_avx2_fma(void) {
+/* What the CPU running us has (the kernels are compiled for every level regardless). */
 #ifdef POLYMODAL_X86
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#define CPU_HAS(feature) __builtin_cpu_supports(feature)
 #else
-    return 0;
+#define CPU_HAS(feature) 0
 #endif
-}
 
-static int cpu_has_popcnt(void) {
-#ifdef POLYMODAL_X86
-    return __builtin_cpu_supports("popcnt");
-#else
-    return 0;
-#endif
-}
-
+static int cpu_has_avx2_fma(void) { return CPU_HAS("avx2") && CPU_HAS("fma"); }
+static int cpu_has_popcnt(void) { return CPU_HAS("popcnt"); }
 static int cpu_has_avx512(void) {
-#ifdef POLYMODAL_X86
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && cpu_has_avx2_fma();
-#else
-    return 0;
-#endif
+    return CPU_HAS("avx512f") && CPU_HAS("avx512dq") && CPU_HAS("avx512bw") && CPU_HAS("avx512vl") && cpu_has_avx2_fma();
 }
-
-static int cpu_has_avx512_popcnt(void) {
-#ifdef POLYMODAL_X86
-    return cpu_has_avx512() && __builtin_cpu_supports("avx512vpopcntdq");
-#else
-    return 0;
-#endif
-}
-
-static int cpu_has_avx512_vnni(void) {
-#ifdef POLYMODAL_X86
-    return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
-#else
-    return 0;
-#endif
-}
+static int cpu_has_avx512_popcnt(void) { return cpu_has_avx512() && CPU_HAS("avx512vpopcntdq"); }
+static int cpu_has_avx512_vnni(void) { return cpu_has_avx512() && CPU_HAS("avx512vnni"); }
 
 /* A score kernel and the layout of the queries it reads: as given (prepare NULL, `query_bytes`
  * per element), or rewritten once per scan by `prepare` into `prepared_bytes(dim)` each. */
@@ -676,14 +603,42 @@ static void *run_scan(void *arg) {
     return NULL;
 }
 
-static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t needed, const char *name) {
-    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) return -1;
-    if (view->len < needed) {
-        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd needed", name, view->len, needed);
-        PyBuffer_Release(view);
-        return -1;
+/* The array arguments of a call: each C-contiguous, at least `needed` bytes, writable where
+ * asked; None leaves an optional array's view empty (buf NULL). */
+typedef struct {
+    PyObject *obj;
+    Py_ssize_t needed;
+    int writable;
+    const char *name;
+    Py_buffer view;
+} array_arg;
+
+static void release_arrays(array_arg *arrays, int n) {
+    for (int i = 0; i < n; i++)
+        if (arrays[i].view.obj) PyBuffer_Release(&arrays[i].view);
+}
+
+/* 0, or -1 with an exception set and nothing held. */
+static int get_arrays(array_arg *arrays, int n) {
+    for (int i = 0; i < n; i++) {
+        array_arg *a = &arrays[i];
+        if (a->obj == Py_None) continue;
+        if (PyObject_GetBuffer(a->obj, &a->view, (a->writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) {
+            release_arrays(arrays, i);
+            return -1;
+        }
+        if (a->view.len < a->needed) {
+            PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, %zd needed", a->name, a->view.len, a->needed);
+            release_arrays(arrays, i + 1);
+            return -1;
+        }
     }
     return 0;
+}
+
+static int clamp_threads(int threads, int64_t by_size) {
+    int n = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    return by_size < n ? (by_size < 1 ? 1 : (int)by_size) : n;
 }
 
 /* scan(kind, queries, codes, ids_or_None, nq, n, dim, k, threads, out_scores, out_ids) */
@@ -698,80 +653,57 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "scan: bad kind or sizes");
         return NULL;
     }
-    Py_buffer q = {0}, c = {0}, ids = {0}, os = {0}, oi = {0};
-    int have_ids = ids_obj != Py_None, ok = 0;
-    if (get_buffer(q_obj, &q, 0, nq * dim * QUERY_BYTES[kind], "queries") < 0) return NULL;
-    if (get_buffer(c_obj, &c, 0, n * dim * CODE_BYTES[kind], "codes") < 0) goto release_q;
-    if (have_ids && get_buffer(ids_obj, &ids, 0, n * 8, "ids") < 0) goto release_c;
-    if (get_buffer(os_obj, &os, 1, nq * k * 4, "out_scores") < 0) goto release_ids;
-    if (get_buffer(oi_obj, &oi, 1, nq * k * 8, "out_ids") < 0) goto release_os;
+    array_arg arrays[] = {{q_obj, nq * dim * QUERY_BYTES[kind], 0, "queries"},
+                          {c_obj, n * dim * CODE_BYTES[kind], 0, "codes"},
+                          {ids_obj, n * 8, 0, "ids"},
+                          {os_obj, nq * k * 4, 1, "out_scores"},
+                          {oi_obj, nq * k * 8, 1, "out_ids"}};
+    if (get_arrays(arrays, 5) < 0) return NULL;
+    const char *queries = arrays[0].view.buf, *codes = arrays[1].view.buf;
+    const int64_t *ids = arrays[2].view.buf;
+    float *out_s = arrays[3].view.buf;
+    int64_t *out_i = arrays[4].view.buf;
 
     int64_t row_bytes = dim * CODE_BYTES[kind];
-    int64_t by_size = row_bytes * n / MIN_BYTES_PER_THREAD;
-    int nthreads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    if (by_size < nthreads) nthreads = by_size < 1 ? 1 : (int)by_size;
-
-    char *prepared = NULL; /* the queries in the kernel's layout, where it has one */
+    int nthreads = clamp_threads(threads, row_bytes * n / MIN_BYTES_PER_THREAD);
+    kernel_t kernel = pick_kernel(kind, dim);
+    int64_t query_stride = kernel.prepare ? kernel.prepared_bytes(dim) : dim * QUERY_BYTES[kind];
+    /* the queries in the kernel's layout, where it has one */
+    char *prepared = kernel.prepare ? aligned_alloc(64, (size_t)(nq * query_stride) + 64) : NULL;
     float *heap_s = malloc((size_t)(nthreads * nq * k) * sizeof(float) + 1);
     int64_t *heap_i = malloc((size_t)(nthreads * nq * k) * sizeof(int64_t) + 1);
-    scan_job jobs[MAX_THREADS];
-    if (!heap_s || !heap_i) {
-        PyErr_NoMemory();
-        goto free_heaps;
-    }
-    heap_init(heap_s, heap_i, nthreads * nq * k);
-    int sort_failed = 0;
-    kernel_t kernel = pick_kernel(kind, dim);
-    const char *queries = q.buf;
-    int64_t query_stride = dim * QUERY_BYTES[kind];
-    if (kernel.prepare) {
-        query_stride = kernel.prepared_bytes(dim);
-        prepared = aligned_alloc(64, (size_t)(nq * query_stride) + 64);
-        if (!prepared) {
-            PyErr_NoMemory();
-            goto free_heaps;
+    int failed = !heap_s || !heap_i || (kernel.prepare && !prepared);
+    if (!failed) {
+        scan_job jobs[MAX_THREADS];
+        _Atomic int64_t next_chunk = 0;
+        int64_t chunk_rows = CHUNK_BYTES / row_bytes < 1 ? 1 : CHUNK_BYTES / row_bytes;
+        heap_init(heap_s, heap_i, nthreads * nq * k);
+        if (prepared) {
+            for (int64_t j = 0; j < nq; j++)
+                kernel.prepare((const float *)queries + j * dim, dim, prepared + j * query_stride);
+            queries = prepared;
         }
-        for (int64_t j = 0; j < nq; j++) kernel.prepare((const float *)q.buf + j * dim, dim, prepared + j * query_stride);
-        queries = prepared;
+        for (int t = 0; t < nthreads; t++)
+            jobs[t] = (scan_job){.score = kernel.score, .queries = queries, .nq = nq, .dim = dim, .k = k,
+                                 .query_stride = query_stride, .row_stride = row_bytes, .codes = codes, .ids = ids,
+                                 .n = n, .chunk_rows = chunk_rows, .next_chunk = &next_chunk,
+                                 .heap_s = heap_s + t * nq * k, .heap_i = heap_i + t * nq * k};
+        Py_BEGIN_ALLOW_THREADS;
+        run_parallel(run_scan, jobs, sizeof(scan_job), nthreads);
+        /* merge every thread's heaps into the first thread's, then sort */
+        for (int t = 1; t < nthreads; t++)
+            for (int64_t j = 0; j < nq; j++)
+                for (int64_t i = 0; i < k; i++)
+                    heap_push(heap_s + j * k, heap_i + j * k, k, jobs[t].heap_s[j * k + i], jobs[t].heap_i[j * k + i]);
+        for (int64_t j = 0; j < nq && !failed; j++)
+            failed = heap_sort_into(heap_s + j * k, heap_i + j * k, k, out_s + j * k, out_i + j * k) < 0;
+        Py_END_ALLOW_THREADS;
     }
-    _Atomic int64_t next_chunk = 0;
-    int64_t chunk_rows = CHUNK_BYTES / row_bytes < 1 ? 1 : CHUNK_BYTES / row_bytes;
-    for (int t = 0; t < nthreads; t++) {
-        jobs[t] = (scan_job){.score = kernel.score, .queries = queries, .nq = nq, .dim = dim, .k = k,
-                             .query_stride = query_stride, .row_stride = row_bytes, .codes = c.buf,
-                             .ids = have_ids ? ids.buf : NULL, .n = n, .chunk_rows = chunk_rows,
-                             .next_chunk = &next_chunk, .heap_s = heap_s + t * nq * k, .heap_i = heap_i + t * nq * k};
-    }
-    Py_BEGIN_ALLOW_THREADS;
-    run_parallel(run_scan, jobs, sizeof(scan_job), nthreads);
-    /* merge every thread's heaps into the first thread's, then sort */
-    for (int t = 1; t < nthreads; t++)
-        for (int64_t j = 0; j < nq; j++)
-            for (int64_t i = 0; i < k; i++)
-                heap_push(heap_s + j * k, heap_i + j * k, k, jobs[t].heap_s[j * k + i], jobs[t].heap_i[j * k + i]);
-    for (int64_t j = 0; j < nq && !sort_failed; j++)
-        sort_failed = heap_sort_into(heap_s + j * k, heap_i + j * k, k, (float *)os.buf + j * k,
-                                     (int64_t *)oi.buf + j * k) < 0;
-    Py_END_ALLOW_THREADS;
-    if (sort_failed)
-        PyErr_NoMemory();
-    else
-        ok = 1;
-
-free_heaps:
     free(prepared);
     free(heap_s);
     free(heap_i);
-    PyBuffer_Release(&oi);
-release_os:
-    PyBuffer_Release(&os);
-release_ids:
-    if (have_ids) PyBuffer_Release(&ids);
-release_c:
-    PyBuffer_Release(&c);
-release_q:
-    PyBuffer_Release(&q);
-    if (!ok) return NULL;
+    release_arrays(arrays, 5);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -803,36 +735,26 @@ static PyObject *py_push(PyObject *self, PyObject *args) {
     Py_ssize_t nq, k, b;
     int threads;
     if (!PyArg_ParseTuple(args, "OOOOnnni", &hs_obj, &hi_obj, &s_obj, &i_obj, &nq, &k, &b, &threads)) return NULL;
-    if (nq < 0 || k <= 0 || b < 0) {
+    if (nq < 0 || k <= 0 || b < 0 || s_obj == Py_None || i_obj == Py_None) {
         PyErr_SetString(PyExc_ValueError, "push: bad sizes");
         return NULL;
     }
-    Py_buffer hs = {0}, hi = {0}, s = {0}, ids = {0};
-    int ok = 0;
-    if (get_buffer(hs_obj, &hs, 1, nq * k * 4, "heap_scores") < 0) return NULL;
-    if (get_buffer(hi_obj, &hi, 1, nq * k * 8, "heap_ids") < 0) goto release_hs;
-    if (get_buffer(s_obj, &s, 0, nq * b * 4, "scores") < 0) goto release_hi;
-    if (get_buffer(i_obj, &ids, 0, b * 8, "ids") < 0) goto release_s;
-    int nthreads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    int64_t by_size = nq * b * 4 / MIN_BYTES_PER_THREAD;
-    if (by_size < nthreads) nthreads = by_size < 1 ? 1 : (int)by_size;
-    if (nthreads > nq) nthreads = nq < 1 ? 1 : (int)nq;
+    array_arg arrays[] = {{hs_obj, nq * k * 4, 1, "heap_scores"},
+                          {hi_obj, nq * k * 8, 1, "heap_ids"},
+                          {s_obj, nq * b * 4, 0, "scores"},
+                          {i_obj, b * 8, 0, "ids"}};
+    if (get_arrays(arrays, 4) < 0) return NULL;
+    int nthreads = clamp_threads(threads, nq * b * 4 / MIN_BYTES_PER_THREAD);
+    if (nthreads > nq) nthreads = nq < 1 ? 1 : (int)nq; /* each thread owns whole queries' heaps */
     push_job jobs[MAX_THREADS];
     for (int t = 0; t < nthreads; t++)
-        jobs[t] = (push_job){.heap_s = hs.buf, .heap_i = hi.buf, .scores = s.buf, .ids = ids.buf, .k = k, .b = b,
+        jobs[t] = (push_job){.heap_s = arrays[0].view.buf, .heap_i = arrays[1].view.buf,
+                             .scores = arrays[2].view.buf, .ids = arrays[3].view.buf, .k = k, .b = b,
                              .begin = nq * t / nthreads, .end = nq * (t + 1) / nthreads};
     Py_BEGIN_ALLOW_THREADS;
     run_parallel(run_push, jobs, sizeof(push_job), nthreads);
     Py_END_ALLOW_THREADS;
-    ok = 1;
-    PyBuffer_Release(&ids);
-release_s:
-    PyBuffer_Release(&s);
-release_hi:
-    PyBuffer_Release(&hi);
-release_hs:
-    PyBuffer_Release(&hs);
-    if (!ok) return NULL;
+    release_arrays(arrays, 4);
     Py_RETURN_NONE;
 }
 
@@ -841,29 +763,21 @@ static PyObject *py_finish(PyObject *self, PyObject *args) {
     PyObject *hs_obj, *hi_obj, *os_obj, *oi_obj;
     Py_ssize_t nq, k;
     if (!PyArg_ParseTuple(args, "OOnnOO", &hs_obj, &hi_obj, &nq, &k, &os_obj, &oi_obj)) return NULL;
-    if (nq < 0 || k <= 0) {
+    if (nq < 0 || k <= 0 || hs_obj == Py_None || hi_obj == Py_None || os_obj == Py_None || oi_obj == Py_None) {
         PyErr_SetString(PyExc_ValueError, "finish: bad sizes");
         return NULL;
     }
-    Py_buffer hs = {0}, hi = {0}, os = {0}, oi = {0};
-    int ok = 0;
-    if (get_buffer(hs_obj, &hs, 1, nq * k * 4, "heap_scores") < 0) return NULL;
-    if (get_buffer(hi_obj, &hi, 1, nq * k * 8, "heap_ids") < 0) goto release_hs;
-    if (get_buffer(os_obj, &os, 1, nq * k * 4, "out_scores") < 0) goto release_hi;
-    if (get_buffer(oi_obj, &oi, 1, nq * k * 8, "out_ids") < 0) goto release_os;
-    ok = 1;
-    for (int64_t j = 0; j < nq && ok; j++)
-        ok = heap_sort_into((float *)hs.buf + j * k, (int64_t *)hi.buf + j * k, k, (float *)os.buf + j * k,
-                            (int64_t *)oi.buf + j * k) == 0;
-    if (!ok) PyErr_NoMemory();
-    PyBuffer_Release(&oi);
-release_os:
-    PyBuffer_Release(&os);
-release_hi:
-    PyBuffer_Release(&hi);
-release_hs:
-    PyBuffer_Release(&hs);
-    if (!ok) return NULL;
+    array_arg arrays[] = {{hs_obj, nq * k * 4, 1, "heap_scores"},
+                          {hi_obj, nq * k * 8, 1, "heap_ids"},
+                          {os_obj, nq * k * 4, 1, "out_scores"},
+                          {oi_obj, nq * k * 8, 1, "out_ids"}};
+    if (get_arrays(arrays, 4) < 0) return NULL;
+    int failed = 0;
+    for (int64_t j = 0; j < nq && !failed; j++)
+        failed = heap_sort_into((float *)arrays[0].view.buf + j * k, (int64_t *)arrays[1].view.buf + j * k, k,
+                                (float *)arrays[2].view.buf + j * k, (int64_t *)arrays[3].view.buf + j * k) < 0;
+    release_arrays(arrays, 4);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
