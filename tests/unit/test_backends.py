@@ -139,7 +139,6 @@ def test_bad_backend_requests_are_clear(data: tuple) -> None:
 
 @pytest.mark.parametrize(("n", "dim", "budget", "backend"), [
     (5_000, 512, 2 ** 30, "exact"),            # small: exact fp32 is fast enough and fits
-    (250_000, 256, 2 ** 30, "exact"),          # 256 MB of codes: a scan of ~7 ms
     (250_000, 512, 2 ** 30, "hnsw"),           # 512 MB of codes: a graph answers faster
     (500_000, 512, 4 * 2 ** 30, "hnsw"),       # fits as float32 + graph
     (2_000_000, 512, 2 * 2 ** 30, "hnsw"),     # int8 graph fits, float32 does not
@@ -151,6 +150,16 @@ def test_memory_budget_choice(n: int, dim: int, budget: int, backend: str) -> No
     assert choice.estimated_bytes <= budget and choice.reason
     if n == 2_000_000:
         assert choice.params["quantizer"] == "int8"
+
+
+def test_exact_search_is_chosen_as_far_as_the_scan_is_fast() -> None:
+    from polymodal.index import native
+
+    if native.available():  # the compiled scan: 256 MB of codes in ~7 ms
+        assert choose_index(250_000, 256, 2 ** 30).backend == "exact"
+    with native.disabled():  # numpy: 100 MB
+        assert choose_index(250_000, 256, 2 ** 30).backend == "hnsw"
+        assert choose_index(50_000, 512, 2 ** 30).backend == "exact"
 
 
 def test_a_budget_too_small_for_anything_is_an_error() -> None:

@@ -99,6 +99,26 @@ def test_the_int8_query_is_not_rounded(level: str) -> None:
     np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
 
 
+def test_int8_queries_of_any_scale_and_with_infinities_score_alike_on_every_level(level: str) -> None:
+    """The VNNI split scales the query by a power of two first (a query of 1e-38 keeps its
+    precision) and leaves queries holding an infinity to the float kernels, which give them
+    infinite scores as numpy does."""
+    rng = np.random.default_rng(4)
+    codes = rng.integers(-127, 128, (300, 64)).astype(np.int8)
+    for scale in (1e-38, 1e-20, 1.0, 1e20):
+        query = (rng.standard_normal((1, 64)) * scale).astype(np.float32)
+        truth = query.astype(np.float64) @ codes.T.astype(np.float64)
+        scores, found = native.scan_int8(query, codes, 5)
+        want_scores, want_ids = reference(truth, np.arange(300), 5)
+        np.testing.assert_array_equal(found, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    query = np.zeros((1, 64), np.float32)
+    query[0, 0] = np.inf
+    scores, found = native.scan_int8(query, codes, 3)
+    positive = np.flatnonzero(codes[:, 0] > 0)
+    assert found[0].tolist() == positive[:3].tolist() and np.isposinf(scores).all()
+
+
 @pytest.mark.parametrize("words", [1, 3, 4, 8, 9, 16])
 def test_hamming_scan_matches_a_full_sort_with_its_ties(level: str, words: int) -> None:
     rng = np.random.default_rng(words)
@@ -161,6 +181,15 @@ def test_bad_arguments_are_errors() -> None:
         native.TopKHeaps(2, 3).push(np.zeros((3, 4), np.float32), np.arange(4))
     with pytest.raises(ValueError, match="unknown kernel level"):
         native.set_isa("sse9")
+    with pytest.raises(ValueError, match="codes must be int8"):  # uint8 200 would be read as -56
+        native.scan_int8(np.zeros((1, 8), np.float32), np.zeros((4, 8), np.uint8), 1)
+    with pytest.raises(ValueError, match="ids must be"):  # one row of ids per block, not per query
+        native.TopKHeaps(2, 3).push(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int64))
+    queries, out_scores, out_ids = np.zeros((1, 8), np.float32), np.zeros((1, 2), np.float32), np.zeros((1, 2))
+    with pytest.raises(TypeError, match="bytes-like"):  # the module itself, without the wrapper's checks
+        native._scan.scan(native._scan.KIND_F32, queries, None, None, 1, 4, 8, 2, 1, out_scores, out_ids)
+    with pytest.raises(ValueError, match="sizes"):
+        native._scan.scan(native._scan.KIND_F32, queries, codes, None, 1, 4, 8, 1 << 62, 1, out_scores, out_ids)
 
 
 @pytest.mark.parametrize("quantizer", ["fp32", "int8", "binary"])

@@ -22,6 +22,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -29,6 +30,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #define POLYMODAL_X86 1
@@ -42,6 +44,7 @@
 #define CHECK_ROWS 32           /* scores compared with the k-th best per branch */
 #define MIN_BYTES_PER_THREAD (2 << 20) /* below this, a thread costs more than it saves */
 #define CHUNK_BYTES (1 << 20)          /* rows a thread takes at a time from the shared counter */
+#define THREAD_STACK_BYTES (1 << 20)   /* run_scan keeps 64 KB of scores on its stack (musl's default: 128 KB) */
 #define MAX_THREADS 256
 #define PADDING_ID INT64_MAX    /* sorts after every real id; returned as -1 */
 
@@ -251,7 +254,7 @@ DEFINE_KERNEL(i8_avx512, AVX512, float, int8_t, dot_i8_avx512)
  * float multiply-adds per 16. Lanes hold at most dim/16 * 127 * 32767 in magnitude: exact
  * in int32 up to VNNI_MAX_DIM. */
 #define VNNI_MAX_DIM 4096
-#define VNNI_HEADER 64 /* bytes before q1: the two scales, padded to a cache line */
+#define VNNI_HEADER 64 /* bytes before q1: the two scales and the exponent, padded to a cache line */
 
 static int64_t vnni_padded_dim(int64_t dim) { return (dim + 31) / 32 * 32; }
 
@@ -261,27 +264,38 @@ static int64_t vnni_query_bytes(int64_t dim) { return VNNI_HEADER + 2 * vnni_pad
 static void vnni_prepare(const float *q, int64_t dim, char *out) {
     int64_t padded = vnni_padded_dim(dim);
     float *scales = (float *)out;
+    int32_t *exponent = (int32_t *)(out + 2 * sizeof(float));
     int16_t *q1 = (int16_t *)(out + VNNI_HEADER), *q2 = q1 + padded;
     memset(out, 0, (size_t)vnni_query_bytes(dim));
     float largest = 0.0f;
     for (int64_t i = 0; i < dim; i++) {
-        if (!isfinite(q[i])) { /* NaN scores, as the float kernels give: nothing is returned */
+        if (isnan(q[i])) { /* NaN scores, as the float kernels give: nothing is returned */
             scales[0] = scales[1] = NAN;
             return;
         }
         largest = fabsf(q[i]) > largest ? fabsf(q[i]) : largest;
     }
     if (largest == 0.0f) return; /* scores 0 */
-    double a1 = largest / 32767.0, a2 = a1 / 32767.0; /* |residual| <= a1 / 2 < 32767 a2 */
+    /* the terms are of the query scaled by 2^-e into [1, 2): a2 stays a normal float for any
+     * query, and the kernel scales the score back by 2^e */
+    int e = ilogbf(largest);
+    double a1 = ldexp(largest, -e) / 32767.0, a2 = a1 / 32767.0; /* |residual| <= a1 / 2 < 32767 a2 */
     for (int64_t i = 0; i < dim; i++) {
-        double first = nearbyint(q[i] / a1);
+        double x = ldexp(q[i], -e);
+        double first = nearbyint(x / a1);
         first = first > 32767 ? 32767 : first < -32767 ? -32767 : first;
-        double rest = nearbyint((q[i] - first * a1) / a2);
+        double rest = nearbyint((x - first * a1) / a2);
         q1[i] = (int16_t)first;
         q2[i] = (int16_t)(rest > 32767 ? 32767 : rest < -32767 ? -32767 : rest);
     }
+    if (ldexp(a2, e) >= FLT_MIN && ldexp(a1, e) <= FLT_MAX) { /* the usual case: no rescaling per row */
+        a1 = ldexp(a1, e);
+        a2 = ldexp(a2, e);
+        e = 0;
+    }
     scales[0] = (float)a1;
     scales[1] = (float)a2;
+    *exponent = e;
 }
 
 #define AVX512_VNNI_TARGET AVX512_FLOAT_TARGET ",avx512vnni"
@@ -308,8 +322,10 @@ __attribute__((target(AVX512_VNNI_TARGET), always_inline)) static inline float i
     }
     __m512i t1 = _mm512_add_epi32(_mm512_add_epi32(s1[0], s1[1]), _mm512_add_epi32(s1[2], s1[3]));
     __m512i t2 = _mm512_add_epi32(_mm512_add_epi32(s2[0], s2[1]), _mm512_add_epi32(s2[2], s2[3]));
-    return _mm512_reduce_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(scales[0]), _mm512_cvtepi32_ps(t1),
-                                                _mm512_mul_ps(_mm512_set1_ps(scales[1]), _mm512_cvtepi32_ps(t2))));
+    float sum = _mm512_reduce_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(scales[0]), _mm512_cvtepi32_ps(t1),
+                                                     _mm512_mul_ps(_mm512_set1_ps(scales[1]), _mm512_cvtepi32_ps(t2))));
+    int32_t exponent = *(const int32_t *)(prepared + 2 * sizeof(float));
+    return exponent ? ldexpf(sum, exponent) : sum;
 }
 
 __attribute__((target(AVX512_VNNI_TARGET))) static void i8_vnni(const void *qv, int64_t nq, const void *rv,
@@ -411,11 +427,13 @@ typedef struct {
     int64_t (*prepared_bytes)(int64_t dim);
 } kernel_t;
 
-static kernel_t pick_kernel(int kind, int64_t dim) {
+/* `finite`: the queries hold no infinity (the VNNI split needs a finite scale; the float
+ * kernels give an infinite query infinite scores, and so must every level). */
+static kernel_t pick_kernel(int kind, int64_t dim, int finite) {
     kernel_t plain = {NULL, NULL, NULL};
 #ifdef POLYMODAL_X86
     if (isa_cap >= ISA_AVX512) {
-        if (kind == KIND_I8 && cpu_has_avx512_vnni() && dim <= VNNI_MAX_DIM)
+        if (kind == KIND_I8 && cpu_has_avx512_vnni() && dim <= VNNI_MAX_DIM && finite)
             return (kernel_t){i8_vnni, vnni_prepare, vnni_query_bytes};
         if (kind == KIND_F32 && cpu_has_avx512()) plain.score = f32_avx512;
         if (kind == KIND_I8 && cpu_has_avx512()) plain.score = i8_avx512;
@@ -428,6 +446,7 @@ static kernel_t pick_kernel(int kind, int64_t dim) {
     }
 #else
     (void)dim;
+    (void)finite;
 #endif
     if (!plain.score) plain.score = kind == KIND_F32 ? f32_generic : kind == KIND_I8 ? i8_generic : hamming_generic;
     return plain;
@@ -500,6 +519,7 @@ static void run_parallel(job_fn fn, void *jobs, size_t size, int njobs) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, THREAD_STACK_BYTES);
         while (pool.helpers < njobs - 1) { /* no task is out: the generation is steady */
             pthread_t handle;
             helper_start_generation[pool.helpers] = pool.generation;
@@ -523,14 +543,18 @@ static void run_parallel(job_fn fn, void *jobs, size_t size, int njobs) {
             if (spins < (1 << 16))
                 cpu_relax();
             else
-                sched_yield(); /* a helper is off its core: let it run */
+                nanosleep(&(struct timespec){0, 20000}, NULL); /* a helper is still busy, or off its core */
         }
         pthread_mutex_unlock(&pool.busy);
         return;
     }
     pthread_t handles[MAX_THREADS];
     int started[MAX_THREADS] = {0};
-    for (int t = 1; t < njobs; t++) started[t] = pthread_create(&handles[t], NULL, fn, base + (size_t)t * size) == 0;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, THREAD_STACK_BYTES);
+    for (int t = 1; t < njobs; t++) started[t] = pthread_create(&handles[t], &attr, fn, base + (size_t)t * size) == 0;
+    pthread_attr_destroy(&attr);
     fn(base);
     for (int t = 1; t < njobs; t++) {
         if (started[t])
@@ -604,14 +628,22 @@ static void *run_scan(void *arg) {
 }
 
 /* The array arguments of a call: each C-contiguous, at least `needed` bytes, writable where
- * asked; None leaves an optional array's view empty (buf NULL). */
+ * asked; None only where optional (the view stays empty, buf NULL). */
 typedef struct {
     PyObject *obj;
-    Py_ssize_t needed;
+    Py_ssize_t needed; /* -1: the sizes overflow */
     int writable;
+    int optional; /* None is accepted: buf stays NULL */
     const char *name;
     Py_buffer view;
 } array_arg;
+
+/* a * b * c bytes, or -1 if that overflows */
+static Py_ssize_t bytes_of(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) {
+    Py_ssize_t ab, abc;
+    if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc)) return -1;
+    return abc;
+}
 
 static void release_arrays(array_arg *arrays, int n) {
     for (int i = 0; i < n; i++)
@@ -622,7 +654,12 @@ static void release_arrays(array_arg *arrays, int n) {
 static int get_arrays(array_arg *arrays, int n) {
     for (int i = 0; i < n; i++) {
         array_arg *a = &arrays[i];
-        if (a->obj == Py_None) continue;
+        if (a->needed < 0) {
+            PyErr_Format(PyExc_ValueError, "%s: its size overflows", a->name);
+            release_arrays(arrays, i);
+            return -1;
+        }
+        if (a->obj == Py_None && a->optional) continue;
         if (PyObject_GetBuffer(a->obj, &a->view, (a->writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) {
             release_arrays(arrays, i);
             return -1;
@@ -649,15 +686,16 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iOOOnnnniOO", &kind, &q_obj, &c_obj, &ids_obj, &nq, &n, &dim, &k, &threads,
                           &os_obj, &oi_obj))
         return NULL;
-    if (kind < 0 || kind >= N_KINDS || nq < 0 || n < 0 || dim <= 0 || k <= 0) {
+    if (kind < 0 || kind >= N_KINDS || nq < 0 || n < 0 || dim <= 0 || k <= 0 ||
+        bytes_of(nq, k, MAX_THREADS * 8) < 0) { /* every thread's heaps must be addressable */
         PyErr_SetString(PyExc_ValueError, "scan: bad kind or sizes");
         return NULL;
     }
-    array_arg arrays[] = {{q_obj, nq * dim * QUERY_BYTES[kind], 0, "queries"},
-                          {c_obj, n * dim * CODE_BYTES[kind], 0, "codes"},
-                          {ids_obj, n * 8, 0, "ids"},
-                          {os_obj, nq * k * 4, 1, "out_scores"},
-                          {oi_obj, nq * k * 8, 1, "out_ids"}};
+    array_arg arrays[] = {{q_obj, bytes_of(nq, dim, QUERY_BYTES[kind]), 0, 0, "queries"},
+                          {c_obj, bytes_of(n, dim, CODE_BYTES[kind]), 0, 0, "codes"},
+                          {ids_obj, bytes_of(n, 8, 1), 0, 1, "ids"},
+                          {os_obj, bytes_of(nq, k, 4), 1, 0, "out_scores"},
+                          {oi_obj, bytes_of(nq, k, 8), 1, 0, "out_ids"}};
     if (get_arrays(arrays, 5) < 0) return NULL;
     const char *queries = arrays[0].view.buf, *codes = arrays[1].view.buf;
     const int64_t *ids = arrays[2].view.buf;
@@ -666,7 +704,10 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
 
     int64_t row_bytes = dim * CODE_BYTES[kind];
     int nthreads = clamp_threads(threads, row_bytes * n / MIN_BYTES_PER_THREAD);
-    kernel_t kernel = pick_kernel(kind, dim);
+    int finite = 1;
+    if (kind == KIND_I8)
+        for (int64_t i = 0; i < nq * dim && finite; i++) finite = !isinf(((const float *)queries)[i]);
+    kernel_t kernel = pick_kernel(kind, dim, finite);
     int64_t query_stride = kernel.prepare ? kernel.prepared_bytes(dim) : dim * QUERY_BYTES[kind];
     /* the queries in the kernel's layout, where it has one */
     char *prepared = kernel.prepare ? aligned_alloc(64, (size_t)(nq * query_stride) + 64) : NULL;
@@ -735,14 +776,14 @@ static PyObject *py_push(PyObject *self, PyObject *args) {
     Py_ssize_t nq, k, b;
     int threads;
     if (!PyArg_ParseTuple(args, "OOOOnnni", &hs_obj, &hi_obj, &s_obj, &i_obj, &nq, &k, &b, &threads)) return NULL;
-    if (nq < 0 || k <= 0 || b < 0 || s_obj == Py_None || i_obj == Py_None) {
+    if (nq < 0 || k <= 0 || b < 0) {
         PyErr_SetString(PyExc_ValueError, "push: bad sizes");
         return NULL;
     }
-    array_arg arrays[] = {{hs_obj, nq * k * 4, 1, "heap_scores"},
-                          {hi_obj, nq * k * 8, 1, "heap_ids"},
-                          {s_obj, nq * b * 4, 0, "scores"},
-                          {i_obj, b * 8, 0, "ids"}};
+    array_arg arrays[] = {{hs_obj, bytes_of(nq, k, 4), 1, 0, "heap_scores"},
+                          {hi_obj, bytes_of(nq, k, 8), 1, 0, "heap_ids"},
+                          {s_obj, bytes_of(nq, b, 4), 0, 0, "scores"},
+                          {i_obj, bytes_of(b, 8, 1), 0, 0, "ids"}};
     if (get_arrays(arrays, 4) < 0) return NULL;
     int nthreads = clamp_threads(threads, nq * b * 4 / MIN_BYTES_PER_THREAD);
     if (nthreads > nq) nthreads = nq < 1 ? 1 : (int)nq; /* each thread owns whole queries' heaps */
@@ -763,14 +804,14 @@ static PyObject *py_finish(PyObject *self, PyObject *args) {
     PyObject *hs_obj, *hi_obj, *os_obj, *oi_obj;
     Py_ssize_t nq, k;
     if (!PyArg_ParseTuple(args, "OOnnOO", &hs_obj, &hi_obj, &nq, &k, &os_obj, &oi_obj)) return NULL;
-    if (nq < 0 || k <= 0 || hs_obj == Py_None || hi_obj == Py_None || os_obj == Py_None || oi_obj == Py_None) {
+    if (nq < 0 || k <= 0) {
         PyErr_SetString(PyExc_ValueError, "finish: bad sizes");
         return NULL;
     }
-    array_arg arrays[] = {{hs_obj, nq * k * 4, 1, "heap_scores"},
-                          {hi_obj, nq * k * 8, 1, "heap_ids"},
-                          {os_obj, nq * k * 4, 1, "out_scores"},
-                          {oi_obj, nq * k * 8, 1, "out_ids"}};
+    array_arg arrays[] = {{hs_obj, bytes_of(nq, k, 4), 1, 0, "heap_scores"},
+                          {hi_obj, bytes_of(nq, k, 8), 1, 0, "heap_ids"},
+                          {os_obj, bytes_of(nq, k, 4), 1, 0, "out_scores"},
+                          {oi_obj, bytes_of(nq, k, 8), 1, 0, "out_ids"}};
     if (get_arrays(arrays, 4) < 0) return NULL;
     int failed = 0;
     for (int64_t j = 0; j < nq && !failed; j++)

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polymodal.errors import StoreError
+from polymodal.index import native
 
 # Exact search while its float32 codes are at most this many bytes: the compiled scan reads
 # them at memory speed, 256 MB in about 7 ms on the 2-core reference machine (~37 GB/s,
-# bench/search.py), e.g. 125k vectors of 512-d or 250k of 256-d.
+# bench/search.py), e.g. 125k vectors of 512-d or 250k of 256-d. Without the compiled
+# kernels numpy scans about 20 GB/s: 100 MB (50k vectors of 512-d) in ~5 ms.
 EXACT_SCAN_BYTES = 256 * 2 ** 20
+NUMPY_EXACT_SCAN_BYTES = 100 * 2 ** 20
 HNSW_M = 32
 ID_BYTES = 8
 OVERHEAD = 1.1  # allocator slack, graph upper levels
@@ -33,7 +36,8 @@ class Choice:
 
 def choose_index(n: int, dim: int, budget: int) -> Choice:
     """The index for `n` vectors of `dim` under `budget` bytes (codes + graph/lists + ids)."""
-    if n * 4 * dim <= EXACT_SCAN_BYTES and _fits(n * (4 * dim + ID_BYTES), budget):
+    exact_limit = EXACT_SCAN_BYTES if native.available() else NUMPY_EXACT_SCAN_BYTES
+    if n * 4 * dim <= exact_limit and _fits(n * (4 * dim + ID_BYTES), budget):
         return Choice("exact", {"quantizer": "fp32"}, _size(n * (4 * dim + ID_BYTES)),
                       f"{n} vectors: an exact scan is fast and exact")
     links = 2 * HNSW_M * 4  # level-0 neighbour lists of int32

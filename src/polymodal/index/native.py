@@ -8,7 +8,8 @@ path in `topk.py`: results sorted by score descending, then id ascending, padded
     heaps = TopKHeaps(nq, k); heaps.push(scores, ids); heaps.result()   # scores from elsewhere
 
 A fused scan reads each code once and keeps only what beats the k-th result so far, so one
-query runs at memory speed and no score array the size of the collection is made.
+query runs at memory speed and no score array the size of the collection is made. Ids are
+int64 below 2**63 - 1 (the heaps' padding); the stores' ids are.
 `available()` is False where the extension was not built (no C compiler at install time) or
 `POLYMODAL_NATIVE=0` is set; callers then take the numpy path, which the tests hold the
 kernels to.
@@ -75,8 +76,31 @@ def _module():  # type: ignore[no-untyped-def]
     return _scan
 
 
-def _rows(array: np.ndarray, dtype: type, name: str) -> np.ndarray:
-    array = np.ascontiguousarray(array, dtype=dtype)
+def _queries(array: np.ndarray, dtype: type) -> np.ndarray:
+    """Queries as C-contiguous, aligned `dtype` rows (floats of any width are converted)."""
+    array = np.asarray(array)
+    if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+        raise ValueError(f"queries must be {np.dtype(dtype)}, not {array.dtype}")
+    return _rows(np.require(array, dtype, ["C", "A"]), "queries")
+
+
+def _codes(array: np.ndarray, dtype: type) -> np.ndarray:
+    """Stored codes, which are never converted: a cast would copy the whole collection, and
+    a wrong type (uint8 for int8) would be read as something else."""
+    array = np.asarray(array)
+    if array.dtype != dtype:
+        raise ValueError(f"codes must be {np.dtype(dtype)}, not {array.dtype}")
+    return _rows(np.require(array, dtype, ["C", "A"]), "codes")
+
+
+def _ids(ids: np.ndarray, n: int) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be {n} integers, not {ids.dtype} of shape {ids.shape}")
+    return np.require(ids, np.int64, ["C", "A"])
+
+
+def _rows(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-d, not of shape {array.shape}")
     return array
@@ -90,9 +114,7 @@ def _scan_codes(kind: str, queries: np.ndarray, codes: np.ndarray, k: int,
         raise ValueError(f"k must be at least 1, not {k}")
     nq, n = len(queries), len(codes)
     if ids is not None:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if ids.shape != (n,):
-            raise ValueError(f"ids have shape {ids.shape}, the codes {n} rows")
+        ids = _ids(ids, n)
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     scan = _module()
@@ -104,21 +126,20 @@ def _scan_codes(kind: str, queries: np.ndarray, codes: np.ndarray, k: int,
 def scan_float32(queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Top k of queries @ codes.T; ids default to the row numbers."""
-    return _scan_codes("F32", _rows(queries, np.float32, "queries"), _rows(codes, np.float32, "codes"), k, ids)
+    return _scan_codes("F32", _queries(queries, np.float32), _codes(codes, np.float32), k, ids)
 
 
 def scan_int8(scaled_queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """Top k of scaled_queries @ codes.T with int8 codes; the query is not rounded to int8
     (the VNNI kernel splits it into two int16 terms, exact to below float32 rounding)."""
-    return _scan_codes("I8", _rows(scaled_queries, np.float32, "queries"), _rows(codes, np.int8, "codes"), k, ids)
+    return _scan_codes("I8", _queries(scaled_queries, np.float32), _codes(codes, np.int8), k, ids)
 
 
 def scan_hamming(query_words: np.ndarray, code_words: np.ndarray, k: int, ids: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The k codes nearest in Hamming distance, as (-distance, id); packed bits as uint64 words."""
-    return _scan_codes("HAMMING", _rows(query_words, np.uint64, "queries"), _rows(code_words, np.uint64, "codes"),
-                       k, ids)
+    return _scan_codes("HAMMING", _queries(query_words, np.uint64), _codes(code_words, np.uint64), k, ids)
 
 
 class TopKHeaps:
@@ -134,8 +155,8 @@ class TopKHeaps:
         self.ids = np.full((nq, k), PADDING_ID, dtype=np.int64)
 
     def push(self, scores: np.ndarray, ids: np.ndarray) -> None:
-        scores = np.ascontiguousarray(scores, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        scores = np.require(scores, np.float32, ["C", "A"])
+        ids = _ids(ids, scores.shape[1] if scores.ndim == 2 else -1)
         if scores.shape != (self.nq, len(ids)):
             raise ValueError(f"scores have shape {scores.shape}, expected ({self.nq}, {len(ids)})")
         _module().push(self.scores, self.ids, scores, ids, self.nq, self.k, len(ids), threads())

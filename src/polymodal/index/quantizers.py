@@ -253,7 +253,8 @@ class Binary(Quantizer):
         if not native.available():
             return super().top_k(queries, codes, ids, k)
         negated, found = native.scan_hamming(_as_words(self.encode(queries)), _as_words(codes), k, ids)
-        return (1.0 + 2.0 * negated / self.dim).astype(np.float32), found  # -hamming -> 1 - 2 h / d
+        # -hamming -> 1 - 2 h / d, in float64 then rounded once, as `scores` computes it
+        return (1.0 + 2.0 * negated.astype(np.float64) / self.dim).astype(np.float32), found
 
     @property
     def bytes_per_vector(self) -> float:
