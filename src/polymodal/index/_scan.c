@@ -16,8 +16,10 @@
  * floor on one query (bench/search.py). `set_isa("avx2")` or `set_isa("generic")` caps
  * the kernels (the tests compare every level).
  *
- * The Python side (polymodal/index/native.py) checks dtypes, shapes and contiguity; the
- * checks here only guard against a buffer that is shorter than its stated shape. */
+ * The Python side (polymodal/index/native.py) checks dtypes, shapes, contiguity and
+ * alignment; the checks here guard against what would corrupt memory if that were skipped:
+ * a buffer shorter than its stated shape, sizes that overflow, a required array that is
+ * None. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

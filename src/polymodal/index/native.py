@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _module():  # type: ignore[no-untyped-def]
+def _module() -> Any:
+    """The extension module, or an error saying why it is missing."""
     if _scan is None:
         raise RuntimeError("the compiled search kernels are not built (no C compiler when polymodal was installed)")
     return _scan
