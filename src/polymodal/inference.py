@@ -126,7 +126,7 @@ def text_features(tower: Tower, tokenizer: Tokenizer, texts: Sequence[str], batc
 
     def pooled(ids: Tensor, mask: Tensor) -> Tensor:
         with autocast(device, dtype):
-            return tower.forward_features(ids, mask).pooled
+            return tower.pooled_features(ids, mask)
 
     return encode_by_length(pooled, tokenizer, texts, batch_size, device)
 

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -5,7 +6,13 @@ import torch
 
 from polymodal.models import DualEncoder
 from polymodal.train.config import OptimSection
-from polymodal.train.optim import build_optimizer, build_scheduler, parameter_groups, warmup_cosine
+from polymodal.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    fused_adamw_applies,
+    parameter_groups,
+    warmup_cosine,
+)
 from tests.helpers import tiny_config
 
 
@@ -56,3 +63,28 @@ def test_scheduler_drives_the_optimiser() -> None:
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the last step runs at the end of the cosine
     assert lrs[-2] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 14 / 15)))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.98)
+
+
+def test_optimizer_is_fused_where_torch_allows_and_steps_like_the_reference() -> None:
+    torch.manual_seed(0)
+    model = DualEncoder(tiny_config())
+    reference = copy.deepcopy(model)
+    cfg = OptimSection(lr=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(model, cfg)
+    assert optimizer.defaults["fused"] is True  # a CPU model of float parameters
+    slow = torch.optim.AdamW(parameter_groups(reference, 0.1), lr=1e-2, betas=cfg.betas, eps=cfg.eps, foreach=False)
+    for _ in range(3):
+        for m in (model, reference):
+            for p in m.parameters():
+                p.grad = torch.ones_like(p) * 0.01 + p.detach() * 0.1
+        optimizer.step()
+        slow.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_adamw_is_not_used_where_torch_has_no_kernel() -> None:
+    assert fused_adamw_applies([torch.zeros(2), torch.zeros(3, 3)])
+    assert not fused_adamw_applies([torch.zeros(2), torch.zeros(2, device="meta")])  # two kinds of device
+    assert not fused_adamw_applies([torch.zeros(2, device="meta")])  # no fused kernel there
+    assert not fused_adamw_applies([torch.zeros(2, dtype=torch.int64)])

@@ -112,3 +112,78 @@ def test_projection_heads(proj: str) -> None:
     if proj == "none":
         with pytest.raises(ConfigError, match="needs tower width 32 == embed_dim 16"):
             VisionTransformer(dataclasses.replace(cfg), output_dim=16)
+
+
+def _full_pooled(tower: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return tower.forward_features(x, mask).pooled  # type: ignore[operator,no-any-return]
+
+
+@pytest.mark.parametrize("kw", [{}, {"pool": "first", "causal": False}, {"pool": "mean", "causal": False},
+                                {"pos_embed": "rotary"}, {"causal": False}])
+def test_pooled_features_equal_the_full_pass_with_gradients(kw: dict[str, object]) -> None:
+    """The pooled path computes the last block for the pooled token only (eot, first) or
+    falls back (mean, rotary): the same vector and the same gradients either way. In
+    float64: this tiny random model's float32 gradients carry rounding of 1% of their
+    largest value down either path, which would hide a real difference."""
+    text = _text(**kw).train().double()
+    ids, mask = _ids([1, 5, 6, 2], [1, 7, 2], [1, 3, 4, 5, 8, 9, 2], [4, 4, 4], length=8)
+    ids[3, 2] = 49  # a row without the end token pools its last real token
+    fast = text.pooled_features(ids, mask)
+    fast.square().sum().backward()
+    fast_grads = {n: p.grad.clone() for n, p in text.named_parameters() if p.grad is not None}
+    text.zero_grad()
+    full = _full_pooled(text, ids, mask)
+    full.square().sum().backward()
+    torch.testing.assert_close(fast, full, atol=1e-10, rtol=1e-10)
+    for name, param in text.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(fast_grads[name], param.grad, atol=1e-10, rtol=1e-8, msg=name)
+    assert set(fast_grads) == {n for n, p in text.named_parameters() if p.grad is not None}
+
+
+def test_vit_pooled_features_equal_the_full_pass() -> None:
+    for pool in ("cls", "mean"):
+        vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T, pool=pool), 16).eval()
+        x = torch.randn(3, 3, 16, 16)
+        torch.testing.assert_close(vit.pooled_features(x), _full_pooled(vit, x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(vit(x), vit.forward_head(_full_pooled(vit, x)), atol=1e-5, rtol=1e-5)
+
+
+def test_last_block_runs_for_the_pooled_token_only() -> None:
+    """The saving is real: the last block's MLP sees one token per sequence."""
+    vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T), 16).eval()
+    seen: list[tuple[int, ...]] = []
+    hook = vit.transformer.blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    vit(torch.randn(2, 3, 16, 16))
+    hook.remove()
+    assert seen == [(2, 1, 32)]
+
+
+def test_padded_text_runs_its_blocks_on_real_tokens_only() -> None:
+    """Padding costs nothing: every block's MLP sees the 3 + 5 real tokens, not 2 x 8, and
+    the last one only the two pooled tokens. Without padding (or without a mask) the
+    pooled path still agrees with the full pass."""
+    text = _text().eval()
+    seen: list[tuple[int, ...]] = []
+    hooks = [b.mlp.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+             for b in text.transformer.blocks]
+    ids, mask = _ids([1, 5, 2], [1, 3, 4, 5, 2], length=8)
+    pooled = text.pooled_features(ids, mask)
+    for hook in hooks:
+        hook.remove()
+    assert seen == [(8, 32), (8, 32), (2, 32)]
+    torch.testing.assert_close(pooled, _full_pooled(text, ids, mask), atol=1e-5, rtol=1e-5)
+    full, full_mask = _ids([1, 5, 2, 7], [1, 3, 4, 2], length=4)
+    for m in (full_mask, None):
+        torch.testing.assert_close(text.pooled_features(full, m), _full_pooled(text, full, m), atol=1e-5, rtol=1e-5)
+
+
+def test_capturing_attention_keeps_every_querys_weights() -> None:
+    from polymodal.models.layers import capture_attention
+
+    vit = VisionTransformer(ViTConfig(image_size=16, patch_size=4, transformer=T), 16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with capture_attention(vit) as maps:
+        captured = vit(x)
+    assert [w.shape for w in maps["transformer.blocks.2.attn"]] == [(2, 4, 17, 17)]  # the full pass
+    torch.testing.assert_close(captured, vit(x), atol=1e-5, rtol=1e-5)

