@@ -85,6 +85,11 @@ def search_rows(record: dict[str, Any]) -> list[Row]:
         ours_qps, peer_qps = at_target["polymodal"]["qps"], at_target["hnswlib"]["qps"]
         out.append(("HNSW text→image queries/s at recall@10 ≥ 0.95", f"{ours_qps:,.0f}", f"hnswlib {peer_qps:,.0f}",
                     f"{ours_qps / peer_qps:.2f}x", "", source))
+    for name, codes in (("polymodal_fp32", "fp32"), ("polymodal_int8", "int8")):  # runs from 2026-12-05 on
+        if at_target.get(name) and at_target.get("hnswlib"):
+            qps, peer_qps = at_target[name]["qps"], at_target["hnswlib"]["qps"]
+            out.append((f"HNSW text→image queries/s at recall@10 ≥ 0.95, {codes} vectors in the graph",
+                        f"{qps:,.0f}", f"hnswlib {peer_qps:,.0f}", f"{qps / peer_qps:.2f}x", "", source))
     return out
 
 
@@ -201,7 +206,7 @@ def table(found: dict[str, dict[str, Any]], previous: str = "") -> str:
     """The table from `found`, keeping the rows of `previous` (a table this function wrote)
     whose result file is not in `found`: bench/results/ is not committed, so a fresh
     checkout that reruns one benchmark must not drop the others' published rows."""
-    kept = [row for row in parse_rows(previous) if _stem(row) not in found]
+    kept = [row for row in parse_rows(previous) if _stem(row) not in found and not _superseded(row, found)]
     ordered = sorted(rows(found) + kept, key=lambda row: ORDER.index(_stem(row)) if _stem(row) in ORDER else len(ORDER))
     lines = ["| figure | polymodal | peer (same run) | ratio | of the ceiling | result file, commit, date |",
              "|---|---|---|---|---|---|"]
@@ -217,6 +222,18 @@ def parse_rows(markdown_table: str) -> list[Row]:
         if len(cells) == 6 and cells[0] != "figure" and not cells[0].startswith("---"):
             out.append((cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]))
     return out
+
+
+#: result files that replaced an older one: its kept rows go once the new file exists
+SUPERSEDES = {"search_exact": "search", "search_hnsw": "search"}
+
+
+def _superseded(row: Row, found: dict[str, dict[str, Any]]) -> bool:
+    """A kept row of the combined search.json whose figure a newer split file now gives
+    (the exact-search rows from search_exact.json, the HNSW rows from search_hnsw.json)."""
+    stem = _stem(row)
+    return any(old == stem and new in found and any(r[0] == row[0] for r in rows({new: found[new]}))
+               for new, old in SUPERSEDES.items())
 
 
 def _stem(row: Row) -> str:

@@ -140,7 +140,7 @@ def test_bad_backend_requests_are_clear(data: tuple) -> None:
 @pytest.mark.parametrize(("n", "dim", "budget", "backend"), [
     (5_000, 512, 2 ** 30, "exact"),            # small: exact fp32 is fast enough and fits
     (250_000, 512, 2 ** 30, "hnsw"),           # 512 MB of codes: a graph answers faster
-    (500_000, 512, 4 * 2 ** 30, "hnsw"),       # fits as float32 + graph
+    (500_000, 512, 4 * 2 ** 30, "hnsw"),       # roomy: an fp16 graph (as exact as fp32 at ef 192, faster)
     (2_000_000, 512, 2 * 2 ** 30, "hnsw"),     # int8 graph fits, float32 does not
     (20_000_000, 512, 2 * 2 ** 30, "ivfpq"),   # only compressed codes fit
 ])
@@ -150,6 +150,8 @@ def test_memory_budget_choice(n: int, dim: int, budget: int, backend: str) -> No
     assert choice.estimated_bytes <= budget and choice.reason
     if n == 2_000_000:
         assert choice.params["quantizer"] == "int8"
+    if n == 500_000:
+        assert choice.params["quantizer"] == "fp16"
 
 
 def test_exact_search_is_chosen_as_far_as_the_scan_is_fast() -> None:

@@ -17,7 +17,8 @@ def test_rows_give_ratios_against_the_peer_and_the_ceiling() -> None:
     found = {
         "search": record("search", {
             "exact_1m": {"dim": 512, "int8": {"polymodal_ms": 50.0, "faiss_ms": 100.0, "floor_ms": 25.0}},
-            "hnsw_text_to_image": {"at_recall_0.95": {"polymodal": {"qps": 900.0}, "hnswlib": {"qps": 1000.0}}}}),
+            "hnsw_text_to_image": {"at_recall_0.95": {"polymodal": {"qps": 900.0}, "hnswlib": {"qps": 1000.0},
+                                                      "polymodal_int8": {"qps": 1500.0}}}}),
         "ceilings": record("ceilings", {"fp32_gflops": 200.0, "read_bandwidth_gbs": 20.0}),
     }
     rows = summary.rows(found)
@@ -25,6 +26,8 @@ def test_rows_give_ratios_against_the_peer_and_the_ceiling() -> None:
     assert int8[1:5] == ("50", "faiss 100", "2.00x", "50% of bandwidth")  # twice as fast; half the floor's speed
     hnsw = next(r for r in rows if r[0].startswith("HNSW"))
     assert hnsw[3] == "0.90x" and hnsw[5] == "search.json, abc1234, 2026-11-23"
+    hnsw_int8 = next(r for r in rows if r[0].startswith("HNSW") and "int8" in r[0])
+    assert hnsw_int8[1:4] == ("1,500", "hnswlib 1,000", "1.50x")
     assert any(r[0] == "ceiling: memory read bandwidth (GB/s)" and r[1] == "20" for r in rows)
 
 
@@ -117,3 +120,20 @@ def test_exact_rows_use_per_round_ratios_where_the_run_recorded_them() -> None:
     assert one[1:5] == ("40", "faiss 100", "3.00x", "80% of bandwidth")  # not 50/40 = 125%
     assert many[0] == "exact search 1M x 512, fp32 codes, 64 queries at once (ms per query)"
     assert many[1:4] == ("2", "faiss 5", "2.40x")
+
+
+def test_a_split_result_file_replaces_the_rows_of_the_combined_one_it_supersedes() -> None:
+    """search.json (both parts, older runs) gave way to search_exact.json and
+    search_hnsw.json: a new HNSW run drops the old HNSW row and keeps the old exact rows
+    that nothing newer gives."""
+    old_hnsw = ("HNSW text→image queries/s at recall@10 ≥ 0.95", "20,014", "hnswlib 20,141", "0.99x", "",
+                "search.json, 1111111, 2026-11-01")
+    old_binary = ("exact search 1M, binary backend (ms)", "3.9", "faiss 3.8", "0.99x", "",
+                  "search.json, 1111111, 2026-11-01")
+    previous = "\n".join("| " + " | ".join(r) + " |" for r in (old_hnsw, old_binary))
+    found = {"search_hnsw": record("search_hnsw", {"hnsw_text_to_image": {"at_recall_0.95": {
+        "polymodal": {"qps": 900.0}, "hnswlib": {"qps": 1000.0}}}})}
+    rows = summary.parse_rows(summary.table(found, previous))
+    hnsw = [r for r in rows if r[0].startswith("HNSW")]
+    assert [r[5] for r in hnsw] == ["search_hnsw.json, abc1234, 2026-11-23"]
+    assert old_binary in rows

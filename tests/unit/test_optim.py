@@ -10,6 +10,7 @@ from polymodal.train.optim import (
     build_optimizer,
     build_scheduler,
     fused_adamw_applies,
+    load_optimizer_state,
     parameter_groups,
     warmup_cosine,
 )
@@ -88,3 +89,23 @@ def test_fused_adamw_is_not_used_where_torch_has_no_kernel() -> None:
     assert not fused_adamw_applies([torch.zeros(2), torch.zeros(2, device="meta")])  # two kinds of device
     assert not fused_adamw_applies([torch.zeros(2, device="meta")])  # no fused kernel there
     assert not fused_adamw_applies([torch.zeros(2, dtype=torch.int64)])
+
+
+def test_resuming_an_unfused_checkpoint_keeps_the_fused_kernel_and_the_trajectory() -> None:
+    torch.manual_seed(0)
+    model = DualEncoder(tiny_config())
+    params = [p for p in model.parameters()]
+    old = torch.optim.AdamW(params, lr=1e-2, foreach=True)  # as checkpoints were written before
+    for p in params:
+        p.grad = torch.full_like(p, 0.01)
+    old.step()
+    resumed_model = copy.deepcopy(model)
+    resumed = torch.optim.AdamW(list(resumed_model.parameters()), lr=1e-2, fused=True)
+    load_optimizer_state(resumed, copy.deepcopy(old.state_dict()))
+    assert resumed.param_groups[0]["fused"] is True  # torch alone would restore None
+    for m, opt in ((model, old), (resumed_model, resumed)):
+        for p in m.parameters():
+            p.grad = torch.full_like(p, -0.02)
+        opt.step()
+    for (name, a), b in zip(model.named_parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

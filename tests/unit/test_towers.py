@@ -187,3 +187,29 @@ def test_capturing_attention_keeps_every_querys_weights() -> None:
         captured = vit(x)
     assert [w.shape for w in maps["transformer.blocks.2.attn"]] == [(2, 4, 17, 17)]  # the full pass
     torch.testing.assert_close(captured, vit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_with_the_end_tokens_id_pools_each_rows_own_token() -> None:
+    """Hugging Face's CLIP tokenizers pad with the end token: a row cut before its end token
+    pools its last real token, on the packed path as on the full one."""
+    text = _text(eot_token_id=0).eval()
+    ids, mask = _ids([1, 5, 6], [1, 3, 4, 5, 7, 9], length=8)  # no end token, padded with 0
+    index = text._pool_index(ids, mask.bool())
+    assert index.tolist() == [2, 5]
+    torch.testing.assert_close(text.pooled_features(ids, mask), _full_pooled(text, ids, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_first_token_pooling_falls_back_to_the_full_pass() -> None:
+    text = _text(pool="first", causal=False).eval()
+    ids, mask = _ids([1, 5, 6], [1, 3, 4, 5, 7, 9], length=8)
+    ids, mask = ids.flip(1), mask.flip(1)  # the pooled position 0 is padding in row 0
+    torch.testing.assert_close(text.pooled_features(ids, mask), _full_pooled(text, ids, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_index_refuses_padding_positions() -> None:
+    from polymodal.models.layers import Packing
+
+    packing = Packing.from_mask(torch.tensor([[True, True, False], [True, False, False]]))
+    assert packing.packed_index(torch.tensor([1, 0])).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="padding"):
+        packing.packed_index(torch.tensor([2, 0]))

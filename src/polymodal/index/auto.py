@@ -41,7 +41,10 @@ def choose_index(n: int, dim: int, budget: int) -> Choice:
         return Choice("exact", {"quantizer": "fp32"}, _size(n * (4 * dim + ID_BYTES)),
                       f"{n} vectors: an exact scan is fast and exact")
     links = 2 * HNSW_M * 4  # level-0 neighbour lists of int32
-    for quantizer, code in (("fp32", 4 * dim), ("fp16", 2 * dim), ("int8", dim)):
+    # fp16 before fp32: on real text->image vectors (bench/search.py) its recall@10 is within
+    # 0.0012 of fp32's at every ef_search, and with half the bytes to fetch per visited
+    # node it answers 1.2-1.4x faster. fp32 stays available as --param quantizer=fp32.
+    for quantizer, code in (("fp16", 2 * dim), ("int8", dim)):
         size = _size(n * (code + links + ID_BYTES))
         if size <= budget:
             return Choice("hnsw", {"m": HNSW_M, "quantizer": quantizer}, size,

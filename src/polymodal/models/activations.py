@@ -3,10 +3,11 @@
     y = quick_gelu(x)          # x * sigmoid(1.702 x), differentiable
 
 On the CPU, for contiguous float32 tensors, forward and backward are one pass each over
-memory and autograd keeps only x; elsewhere (a GPU, bf16 under autocast, torch.compile
-tracing, the extension not built, `POLYMODAL_NATIVE=0`) the same formula runs as torch
-operations. The kernels agree with the torch formula to float32 rounding (the tests hold
-them to it).
+memory and autograd keeps only x; elsewhere (a GPU, bf16 under autocast, torch.compile or
+torch.jit tracing, the extension not built, `POLYMODAL_NATIVE=0`) the same formula runs as
+torch operations. The kernels agree with the torch formula to float32 rounding (the tests
+hold them to it). Their backward is not itself differentiable (no double backward or
+forward-mode AD through it); `activations.disabled()` gives the torch formula for those.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def quick_gelu(x: Tensor) -> Tensor:
 
 def _fits(x: Tensor) -> bool:
     return (_enabled and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and x.numel() > 0 and not torch.compiler.is_compiling())
+            and x.numel() > 0 and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
 
 
 class _QuickGELU(torch.autograd.Function):

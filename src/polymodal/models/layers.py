@@ -220,7 +220,10 @@ class Packing:
         rows = torch.full((self.batch * self.length,), -1, dtype=torch.long, device=self.positions.device)
         rows[self.positions] = torch.arange(len(self.positions), device=self.positions.device)
         flat = torch.arange(self.batch, device=index.device) * self.length + index
-        return rows[flat]
+        found = rows[flat]
+        if bool((found < 0).any()):  # -1 would read another sequence's last token
+            raise ValueError("packed_index: a position is padding, not a real token")
+        return found
 
 
 def _keys_at(key_mask: Tensor | None, causal: bool, index: Tensor, length: int) -> Tensor | None:
@@ -282,7 +285,8 @@ class TransformerBlock(nn.Module):
         Only that token's query, attention output and MLP are computed; keys and values
         still come from every token. A pooled embedding needs nothing else from a
         tower's last block, and this skips most of its work (for ViT-B/32, 49 of 50
-        tokens). No rotary positions or cross-attention (`Transformer.forward_at` checks).
+        tokens). No rotary positions or cross-attention: callers check
+        `Transformer.supports_forward_at()` and positions themselves.
         """
         rows = torch.arange(x.shape[0], device=x.device)
         h = self.norm1(x)
@@ -352,7 +356,10 @@ class Transformer(nn.Module):
     def forward_at(self, x: Tensor, index: Tensor, *, key_mask: Tensor | None = None,
                    causal: bool = False) -> Tensor:
         """`forward(x)[arange(B), index]`, (B, W), with the last block computed for those
-        tokens only (`TransformerBlock.forward_at`): the same values, less work."""
+        tokens only (`TransformerBlock.forward_at`): the same values, less work. Only
+        where `supports_forward_at()`; module hooks on the blocks do not see the call."""
+        if not self.supports_forward_at():
+            raise ValueError("forward_at needs self-attention blocks with attention not being captured")
         *blocks, last = self.blocks
         for block in blocks:
             x = self._run(block, x, dict(key_mask=key_mask, causal=causal))
@@ -362,7 +369,10 @@ class Transformer(nn.Module):
     def forward_packed_at(self, x: Tensor, packing: Packing, index: Tensor, *, key_mask: Tensor | None = None,
                           causal: bool = False) -> Tensor:
         """`forward_at` on the packed real tokens x (T, W) of a right-padded batch
-        (`TransformerBlock.forward_packed`): the same values, no work on padding."""
+        (`TransformerBlock.forward_packed`): the same values, no work on padding. Every
+        `index` must be a real token's position."""
+        if not self.supports_forward_at():
+            raise ValueError("forward_packed_at needs self-attention blocks with attention not being captured")
         *blocks, last = self.blocks
         for block in blocks:
             assert isinstance(block, TransformerBlock)

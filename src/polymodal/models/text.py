@@ -87,8 +87,10 @@ class TextTransformer(Tower):
         h, mask, key_mask = self._embed(x, mask)
         index = self._pool_index(x, mask)
         causal = self.cfg.causal
-        if mask is not None and not mask.all() and mask.any(dim=1).all():
-            # Padding present: the token-wise work runs on the real tokens only.
+        rows = torch.arange(x.shape[0], device=x.device)
+        if mask is not None and not mask.all() and mask[rows, index].all():
+            # Padding present, and every pooled token is a real one (a left-padded row pooling
+            # "first" is not): the token-wise work runs on the real tokens only.
             packing = Packing.from_mask(mask)
             pooled = self.transformer.forward_packed_at(packing.pack(h), packing, index, key_mask=key_mask,
                                                         causal=causal)
@@ -122,6 +124,8 @@ class TextTransformer(Tower):
         if self.cfg.pool == "first":
             return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         is_eot = ids == self.cfg.eot_token_id
+        if mask is not None:  # padding may use the end token's id (Hugging Face's CLIP tokenizers)
+            is_eot = is_eot & mask
         first_eot = is_eot.int().argmax(dim=1)  # argmax returns the first maximum
         # A sequence cut without its end token (raw ids) pools its last real token.
         last = mask.sum(dim=1) - 1 if mask is not None else torch.full_like(first_eot, ids.shape[1] - 1)

@@ -45,7 +45,7 @@ from polymodal.inference import resolve_precision
 from polymodal.train import distributed as dist_utils
 from polymodal.train.config import RESUMABLE_CHANGES, TrainConfig, load_train_config
 from polymodal.train.objectives import Objective, build_objective
-from polymodal.train.optim import build_optimizer, build_scheduler
+from polymodal.train.optim import build_optimizer, build_scheduler, load_optimizer_state
 from polymodal.train.state import load_state, rng_state, save_state, set_rng_state
 
 
@@ -142,7 +142,7 @@ class Trainer:
         progress = _Progress()
         if state is not None:
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             progress = _Progress(**state["progress"])

@@ -35,11 +35,26 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.AdamW:
     """AdamW over `parameter_groups`; torch's fused kernel where every parameter allows it
-    (one pass per tensor instead of a dozen: 2.8x faster on ViT-B/32's 151M parameters on
-    a CPU, bench/train_step.py), the multi-tensor one otherwise."""
+    (one pass per tensor instead of a dozen; BENCHMARKS.md, "Training step"), the
+    multi-tensor one otherwise."""
     groups = parameter_groups(model, cfg.weight_decay)
     params = [p for group in groups for p in group["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused_adamw_applies(params))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, keeping the kernel choice this optimizer was built
+    with: torch restores each group's saved `fused` flag, so a checkpoint from before fused
+    AdamW (or from another device) would otherwise resume on the slower kernel. Fused steps
+    keep their step counts as float32 on the parameter's device."""
+    fused = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, flag in zip(optimizer.param_groups, fused, strict=True):
+        group["fused"] = flag
+        for p in group["params"] if flag else ():
+            saved = optimizer.state.get(p, {})
+            if isinstance(saved.get("step"), torch.Tensor):
+                saved["step"] = saved["step"].to(device=p.device, dtype=torch.float32)
 
 
 def fused_adamw_applies(params: list[torch.Tensor]) -> bool:
