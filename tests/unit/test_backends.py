@@ -246,3 +246,33 @@ def test_binary_scores_are_one_minus_twice_the_hamming_share(dim: int, block: in
     hamming = ((queries[:, None, :] > 0) != (vectors[None, :, :] > 0)).sum(axis=2)
     np.testing.assert_allclose(quantizer.scores(queries, quantizer.encode(vectors)), 1 - 2 * hamming / dim,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [50, 100, 128])  # 7 and 13 bytes per code need padding to whole words; 16 does not
+def test_binary_codes_are_laid_out_for_the_scan_once_and_search_like_numpy(dim: int, tmp_path: Path) -> None:
+    from polymodal.index import native
+
+    rng = np.random.default_rng(dim)
+    ids = np.arange(300, dtype=np.int64) * 3 + 1
+    vectors, queries = rng.standard_normal((300, dim)).astype(np.float32), rng.standard_normal((4, dim))
+    backend = make_backend("exact", dim, quantizer="binary")
+    backend.build(ids, vectors)
+    assert isinstance(backend, ExactBackend)
+    assert backend.scan_codes.dtype == np.uint64 and backend.scan_codes.shape == (300, -(-dim // 64))
+    assert backend.codes.dtype == np.uint8  # what is saved stays the packed bits
+    if dim % 64 == 0:
+        assert np.shares_memory(backend.scan_codes, backend.codes)  # a view, no copy
+    hamming = ((queries[:, None, :] > 0) != (vectors[None, :, :] > 0)).sum(axis=2)
+    for allowed in (None, ids[::3]):
+        scores, found = backend.search(queries.astype(np.float32), 5, allowed=allowed)
+        with native.disabled():
+            ref_scores, ref_found = backend.search(queries.astype(np.float32), 5, allowed=allowed)
+        np.testing.assert_array_equal(found, ref_found)
+        np.testing.assert_array_equal(scores, ref_scores)
+        columns = np.searchsorted(ids, found)
+        np.testing.assert_allclose(scores, 1 - 2 * np.take_along_axis(hamming, columns, 1) / dim, rtol=1e-6)
+    backend.save(tmp_path)
+    loaded = make_backend("exact", dim, quantizer="binary")
+    loaded.load(tmp_path)
+    assert isinstance(loaded, ExactBackend)
+    np.testing.assert_array_equal(loaded.scan_codes, backend.scan_codes)

@@ -213,3 +213,21 @@ def test_packed_index_refuses_padding_positions() -> None:
     assert packing.packed_index(torch.tensor([1, 0])).tolist() == [1, 2]
     with pytest.raises(ValueError, match="padding"):
         packing.packed_index(torch.tensor([2, 0]))
+
+
+def test_gradient_checkpointing_gives_the_pooled_paths_gradients() -> None:
+    """Checkpointed blocks on the packed and pooled-token paths recompute the same values."""
+    text = _text().train().double()
+    ids, mask = _ids([1, 5, 6, 2], [1, 7, 2], length=6)
+
+    def grads() -> dict[str, torch.Tensor]:
+        text.zero_grad()
+        text.pooled_features(ids, mask).square().sum().backward()
+        return {n: p.grad.clone() for n, p in text.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    text.set_grad_checkpointing(True)
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-12, rtol=1e-10, msg=name)

@@ -119,15 +119,17 @@ class ExactBackend(Backend):
         super().__init__(dim, quantizer=quantizer, **params)
         self.quantizer: Quantizer = make_quantizer(quantizer, dim, **params)
         self.codes = np.empty((0, dim), dtype=np.float32)
+        self.scan_codes = self.codes  # the codes as the quantiser scans them (scan_layout)
 
     def _build(self, vectors: np.ndarray, sample: np.ndarray) -> None:
         self.quantizer.train(sample)
         self.codes = self.quantizer.encode(vectors)
+        self.scan_codes = self.quantizer.scan_layout(self.codes)
 
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:  # positions are the row numbers
-            return self.quantizer.top_k(queries, self.codes, None, k)
-        return self.quantizer.top_k(queries, self.codes[allowed], allowed, k)
+            return self.quantizer.top_k(queries, self.scan_codes, None, k)
+        return self.quantizer.top_k(queries, self.scan_codes[allowed], allowed, k)
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, codes=self.codes)
@@ -136,6 +138,7 @@ class ExactBackend(Backend):
     def _load(self, folder: Path) -> None:
         self.codes = load_arrays(folder, "codes")["codes"]
         self.quantizer.load(folder)
+        self.scan_codes = self.quantizer.scan_layout(self.codes)
 
     @property
     def nbytes(self) -> int:

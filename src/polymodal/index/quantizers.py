@@ -74,8 +74,13 @@ class Quantizer(ABC):
               ) -> tuple[np.ndarray, np.ndarray]:
         """The k best codes per query by `scores`, as (scores, ids) sorted by score, then id
         (padded with -inf, -1); ids None: the row numbers. Quantisers with a compiled scan
-        override it."""
+        override it. `codes` as `encode` made them or as `scan_layout` laid them out."""
         return exact_top_k(queries, codes, row_ids(codes, ids), k, self.scores)
+
+    def scan_layout(self, codes: np.ndarray) -> np.ndarray:
+        """`codes` as `top_k` scans them fastest; kept by the exact backend beside the codes
+        it saves, so that no search converts them again. The codes themselves by default."""
+        return codes
 
     @property
     @abstractmethod
@@ -206,7 +211,10 @@ def row_ids(codes: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
 
 
 def _as_words(codes: np.ndarray) -> np.ndarray:
-    """Packed bits as uint64 words (zero-padded to a multiple of 8 bytes: zeros XOR to 0)."""
+    """Packed bits as uint64 words (zero-padded to a multiple of 8 bytes: zeros XOR to 0);
+    words already (`Binary.scan_layout`) are returned as they are."""
+    if codes.dtype == np.uint64:
+        return np.ascontiguousarray(codes)
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     pad = -codes.shape[1] % 8
     if pad:
@@ -255,6 +263,11 @@ class Binary(Quantizer):
         negated, found = native.scan_hamming(_as_words(self.encode(queries)), _as_words(codes), k, ids)
         # -hamming -> 1 - 2 h / d, in float64 then rounded once, as `scores` computes it
         return (1.0 + 2.0 * negated.astype(np.float64) / self.dim).astype(np.float32), found
+
+    def scan_layout(self, codes: np.ndarray) -> np.ndarray:
+        """uint64 words: a view of the codes where their width is a multiple of 64 bits, a
+        padded copy otherwise (made once, not on every search)."""
+        return _as_words(codes)
 
     @property
     def bytes_per_vector(self) -> float:
