@@ -187,9 +187,18 @@ def test_bad_arguments_are_errors() -> None:
         native.TopKHeaps(2, 3).push(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int64))
     queries, out_scores, out_ids = np.zeros((1, 8), np.float32), np.zeros((1, 2), np.float32), np.zeros((1, 2))
     with pytest.raises(TypeError, match="bytes-like"):  # the module itself, without the wrapper's checks
-        native._scan.scan(native._scan.KIND_F32, queries, None, None, 1, 4, 8, 2, 1, out_scores, out_ids)
+        native._scan.scan(native._scan.KIND_F32, queries, None, None, None, 1, 4, 4, 8, 2, 1, out_scores, out_ids)
     with pytest.raises(ValueError, match="sizes"):
-        native._scan.scan(native._scan.KIND_F32, queries, codes, None, 1, 4, 8, 1 << 62, 1, out_scores, out_ids)
+        native._scan.scan(native._scan.KIND_F32, queries, codes, None, None, 1, 4, 4, 8, 1 << 62, 1, out_scores,
+                          out_ids)
+    with pytest.raises(ValueError, match="sizes"):  # more rows than codes, without a row list
+        native._scan.scan(native._scan.KIND_F32, queries, codes, None, None, 1, 5, 4, 8, 2, 1, out_scores, out_ids)
+    with pytest.raises(ValueError, match=r"rows\[1\] = 4 is not a row of the 4 codes"):  # memory safety
+        native.scan_float32(queries, codes, 2, rows=np.array([0, 4]))
+    with pytest.raises(ValueError, match=r"rows\[0\] = -1"):
+        native.scan_float32(queries, codes, 2, rows=np.array([-1]))
+    with pytest.raises(ValueError, match="ids must be"):
+        native.scan_float32(queries, codes, 2, rows=np.array([[0, 1]]))
 
 
 @pytest.mark.parametrize("quantizer", ["fp32", "int8", "binary"])
@@ -247,3 +256,35 @@ def test_scans_from_several_python_threads_and_a_forked_child(four_threads: None
         assert list(threads.map(lambda q: native.scan_float32(q, codes, 5)[1].tolist(), queries)) == want
     with multiprocessing.get_context("fork").Pool(1) as child:
         assert child.apply_async(_scan_in_child, (codes, queries[0])).get(timeout=60) == want[0]
+
+
+@pytest.mark.parametrize("isa", ["auto", "avx2", "generic"])
+@pytest.mark.parametrize("kind", ["F32", "I8", "HAMMING"])
+def test_a_row_list_scans_those_rows_in_place_like_a_copy_of_them(isa: str, kind: str) -> None:
+    """A filter reads the allowed rows where they are (no copy of the collection): the same
+    results as scanning a copy of those rows, ids defaulting to the rows."""
+    rng = np.random.default_rng(5)
+    n, dim = 20_000, 40  # enough rows for several threads' chunks and blocks
+    if kind == "HAMMING":
+        codes = rng.integers(0, 2**63, (n, 2), dtype=np.uint64)
+        queries = rng.integers(0, 2**63, (3, 2), dtype=np.uint64)
+        scan = native.scan_hamming
+    else:
+        codes = rng.standard_normal((n, dim)).astype(np.float32)
+        if kind == "I8":
+            codes = rng.integers(-127, 128, (n, dim), dtype=np.int8)
+        queries = rng.standard_normal((3, dim)).astype(np.float32)
+        scan = native.scan_float32 if kind == "F32" else native.scan_int8
+    rows = np.sort(rng.choice(n, 7_001, replace=False))[::-1].copy()  # any order
+    native.set_isa(isa)
+    try:
+        scores, found = scan(queries, codes, 10, rows=rows)
+        ref_scores, ref_found = scan(queries, codes[rows], 10, ids=rows)
+        named_scores, named = scan(queries, codes, 10, ids=rows * 10 + 3, rows=rows)
+    finally:
+        native.set_isa("auto")
+    np.testing.assert_array_equal(found, ref_found)
+    np.testing.assert_array_equal(scores, ref_scores)
+    assert set(found.ravel()) <= set(rows.tolist())
+    np.testing.assert_array_equal(named, found * 10 + 3)  # ids[i] names codes[rows[i]]
+    np.testing.assert_array_equal(named_scores, scores)

@@ -573,8 +573,10 @@ typedef struct {
     const char *queries;
     int64_t nq, dim, k, query_stride, row_stride; /* strides in bytes */
     const char *codes;
-    const int64_t *ids; /* NULL: the row number is the id */
-    int64_t n, chunk_rows;
+    const int64_t *rows; /* NULL: every row in order; else scan codes[rows[i]] (a filter) */
+    const int64_t *ids;  /* NULL: the row number is the id */
+    char *gather;        /* rows given: this thread's buffer of one block of rows */
+    int64_t n, chunk_rows, block;
     _Atomic int64_t *next_chunk; /* shared by the threads of one scan */
     float *heap_s;               /* nq x k, this thread's own */
     int64_t *heap_i;
@@ -586,8 +588,14 @@ static void scan_rows(const scan_job *job, int64_t g, int64_t begin, int64_t end
     int64_t group = job->nq - g < QUERIES_PER_GROUP ? job->nq - g : QUERIES_PER_GROUP;
     for (int64_t start = begin; start < end; start += block) {
         int64_t rows = end - start < block ? end - start : block;
-        job->score(job->queries + g * job->query_stride, group, job->codes + start * job->row_stride, rows, job->dim,
-                   scores);
+        const char *codes = job->codes + start * job->row_stride;
+        if (job->rows) { /* a filter: the block's rows gathered into a buffer that stays in cache */
+            for (int64_t r = 0; r < rows; r++)
+                memcpy(job->gather + r * job->row_stride, job->codes + job->rows[start + r] * job->row_stride,
+                       (size_t)job->row_stride);
+            codes = job->gather;
+        }
+        job->score(job->queries + g * job->query_stride, group, codes, rows, job->dim, scores);
         for (int64_t j = 0; j < group; j++) {
             float *hs = job->heap_s + (g + j) * job->k;
             int64_t *hi = job->heap_i + (g + j) * job->k;
@@ -603,7 +611,7 @@ static void scan_rows(const scan_job *job, int64_t g, int64_t begin, int64_t end
                 if (!any) continue;
                 for (int64_t r = r0; r < r1; r++) {
                     if (!(row_scores[r] >= hs[0])) continue;
-                    int64_t id = job->ids ? job->ids[start + r] : start + r;
+                    int64_t id = job->ids ? job->ids[start + r] : job->rows ? job->rows[start + r] : start + r;
                     heap_push(hs, hi, job->k, row_scores[r], id);
                 }
             }
@@ -618,8 +626,7 @@ static void scan_rows(const scan_job *job, int64_t g, int64_t begin, int64_t end
 static void *run_scan(void *arg) {
     scan_job *job = arg;
     float scores[MAX_BLOCK_ROWS * QUERIES_PER_GROUP];
-    int64_t block = BLOCK_BYTES / job->row_stride;
-    block = block < MIN_BLOCK_ROWS ? MIN_BLOCK_ROWS : block > MAX_BLOCK_ROWS ? MAX_BLOCK_ROWS : block;
+    int64_t block = job->block;
     for (;;) {
         int64_t begin = atomic_fetch_add(job->next_chunk, 1) * job->chunk_rows;
         if (begin >= job->n) break;
@@ -680,31 +687,45 @@ static int clamp_threads(int threads, int64_t by_size) {
     return by_size < n ? (by_size < 1 ? 1 : (int)by_size) : n;
 }
 
-/* scan(kind, queries, codes, ids_or_None, nq, n, dim, k, threads, out_scores, out_ids) */
+/* scan(kind, queries, codes, rows_or_None, ids_or_None, nq, n, n_codes, dim, k, threads, out_scores,
+ * out_ids): n rows scanned, codes[0..n) or, with rows, codes[rows[0..n)] of the n_codes there are
+ * (ids then default to the rows). */
 static PyObject *py_scan(PyObject *self, PyObject *args) {
     int kind, threads;
-    PyObject *q_obj, *c_obj, *ids_obj, *os_obj, *oi_obj;
-    Py_ssize_t nq, n, dim, k;
-    if (!PyArg_ParseTuple(args, "iOOOnnnniOO", &kind, &q_obj, &c_obj, &ids_obj, &nq, &n, &dim, &k, &threads,
-                          &os_obj, &oi_obj))
+    PyObject *q_obj, *c_obj, *rows_obj, *ids_obj, *os_obj, *oi_obj;
+    Py_ssize_t nq, n, n_codes, dim, k;
+    if (!PyArg_ParseTuple(args, "iOOOOnnnnniOO", &kind, &q_obj, &c_obj, &rows_obj, &ids_obj, &nq, &n, &n_codes, &dim,
+                          &k, &threads, &os_obj, &oi_obj))
         return NULL;
-    if (kind < 0 || kind >= N_KINDS || nq < 0 || n < 0 || dim <= 0 || k <= 0 ||
+    if (kind < 0 || kind >= N_KINDS || nq < 0 || n < 0 || n_codes < 0 || dim <= 0 || k <= 0 ||
+        (rows_obj == Py_None && n > n_codes) ||
         bytes_of(nq, k, MAX_THREADS * 8) < 0) { /* every thread's heaps must be addressable */
         PyErr_SetString(PyExc_ValueError, "scan: bad kind or sizes");
         return NULL;
     }
     array_arg arrays[] = {{q_obj, bytes_of(nq, dim, QUERY_BYTES[kind]), 0, 0, "queries"},
-                          {c_obj, bytes_of(n, dim, CODE_BYTES[kind]), 0, 0, "codes"},
+                          {c_obj, bytes_of(n_codes, dim, CODE_BYTES[kind]), 0, 0, "codes"},
+                          {rows_obj, bytes_of(n, 8, 1), 0, 1, "rows"},
                           {ids_obj, bytes_of(n, 8, 1), 0, 1, "ids"},
                           {os_obj, bytes_of(nq, k, 4), 1, 0, "out_scores"},
                           {oi_obj, bytes_of(nq, k, 8), 1, 0, "out_ids"}};
-    if (get_arrays(arrays, 5) < 0) return NULL;
+    if (get_arrays(arrays, 6) < 0) return NULL;
     const char *queries = arrays[0].view.buf, *codes = arrays[1].view.buf;
-    const int64_t *ids = arrays[2].view.buf;
-    float *out_s = arrays[3].view.buf;
-    int64_t *out_i = arrays[4].view.buf;
+    const int64_t *rows = arrays[2].view.buf, *ids = arrays[3].view.buf;
+    float *out_s = arrays[4].view.buf;
+    int64_t *out_i = arrays[5].view.buf;
+    for (int64_t i = 0; rows && i < n; i++) {
+        if (rows[i] < 0 || rows[i] >= n_codes) {
+            PyErr_Format(PyExc_ValueError, "rows[%lld] = %lld is not a row of the %lld codes", (long long)i,
+                         (long long)rows[i], (long long)n_codes);
+            release_arrays(arrays, 6);
+            return NULL;
+        }
+    }
 
     int64_t row_bytes = dim * CODE_BYTES[kind];
+    int64_t block = BLOCK_BYTES / row_bytes;
+    block = block < MIN_BLOCK_ROWS ? MIN_BLOCK_ROWS : block > MAX_BLOCK_ROWS ? MAX_BLOCK_ROWS : block;
     int nthreads = clamp_threads(threads, row_bytes * n / MIN_BYTES_PER_THREAD);
     int finite = 1;
     if (kind == KIND_I8)
@@ -715,7 +736,9 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     char *prepared = kernel.prepare ? aligned_alloc(64, (size_t)(nq * query_stride) + 64) : NULL;
     float *heap_s = malloc((size_t)(nthreads * nq * k) * sizeof(float) + 1);
     int64_t *heap_i = malloc((size_t)(nthreads * nq * k) * sizeof(int64_t) + 1);
-    int failed = !heap_s || !heap_i || (kernel.prepare && !prepared);
+    /* with rows: one block of gathered rows per thread (32 KB, or 16 rows where those are larger) */
+    char *gather = rows ? malloc((size_t)(nthreads * block * row_bytes) + 1) : NULL;
+    int failed = !heap_s || !heap_i || (kernel.prepare && !prepared) || (rows && !gather);
     if (!failed) {
         scan_job jobs[MAX_THREADS];
         _Atomic int64_t next_chunk = 0;
@@ -728,8 +751,9 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
         }
         for (int t = 0; t < nthreads; t++)
             jobs[t] = (scan_job){.score = kernel.score, .queries = queries, .nq = nq, .dim = dim, .k = k,
-                                 .query_stride = query_stride, .row_stride = row_bytes, .codes = codes, .ids = ids,
-                                 .n = n, .chunk_rows = chunk_rows, .next_chunk = &next_chunk,
+                                 .query_stride = query_stride, .row_stride = row_bytes, .codes = codes, .rows = rows,
+                                 .ids = ids, .gather = gather ? gather + t * block * row_bytes : NULL, .n = n,
+                                 .chunk_rows = chunk_rows, .block = block, .next_chunk = &next_chunk,
                                  .heap_s = heap_s + t * nq * k, .heap_i = heap_i + t * nq * k};
         Py_BEGIN_ALLOW_THREADS;
         run_parallel(run_scan, jobs, sizeof(scan_job), nthreads);
@@ -743,9 +767,10 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
         Py_END_ALLOW_THREADS;
     }
     free(prepared);
+    free(gather);
     free(heap_s);
     free(heap_i);
-    release_arrays(arrays, 5);
+    release_arrays(arrays, 6);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }

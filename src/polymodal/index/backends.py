@@ -129,7 +129,7 @@ class ExactBackend(Backend):
     def _search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:  # positions are the row numbers
             return self.quantizer.top_k(queries, self.scan_codes, None, k)
-        return self.quantizer.top_k(queries, self.scan_codes[allowed], allowed, k)
+        return self.quantizer.top_k(queries, self.scan_codes, None, k, rows=allowed)  # read in place
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, codes=self.codes)

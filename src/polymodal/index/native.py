@@ -108,40 +108,44 @@ def _rows(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def _scan_codes(kind: str, queries: np.ndarray, codes: np.ndarray, k: int,
-                ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _scan_codes(kind: str, queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None,
+                rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if queries.shape[1] != codes.shape[1]:
         raise ValueError(f"queries have {queries.shape[1]} columns, the codes {codes.shape[1]}")
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
-    nq, n = len(queries), len(codes)
+    if rows is not None:
+        rows = np.asarray(rows)
+        rows = _ids(rows, rows.shape[0] if rows.ndim == 1 else -1)  # C checks 0 <= row < len(codes)
+    nq, n = len(queries), len(codes) if rows is None else len(rows)
     if ids is not None:
         ids = _ids(ids, n)
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     scan = _module()
-    scan.scan(getattr(scan, "KIND_" + kind), queries, codes, ids, nq, n, codes.shape[1], k, threads(),
-              out_scores, out_ids)
+    scan.scan(getattr(scan, "KIND_" + kind), queries, codes, rows, ids, nq, n, len(codes), codes.shape[1], k,
+              threads(), out_scores, out_ids)
     return out_scores, out_ids
 
 
-def scan_float32(queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top k of queries @ codes.T; ids default to the row numbers."""
-    return _scan_codes("F32", _queries(queries, np.float32), _codes(codes, np.float32), k, ids)
+def scan_float32(queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None = None,
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top k of queries @ codes.T; ids default to the row numbers. `rows`: scan only those
+    rows (a filter), read in place; ids[i] then names codes[rows[i]] (default: the row)."""
+    return _scan_codes("F32", _queries(queries, np.float32), _codes(codes, np.float32), k, ids, rows)
 
 
-def scan_int8(scaled_queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def scan_int8(scaled_queries: np.ndarray, codes: np.ndarray, k: int, ids: np.ndarray | None = None,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top k of scaled_queries @ codes.T with int8 codes; the query is not rounded to int8
     (the VNNI kernel splits it into two int16 terms, exact to below float32 rounding)."""
-    return _scan_codes("I8", _queries(scaled_queries, np.float32), _codes(codes, np.int8), k, ids)
+    return _scan_codes("I8", _queries(scaled_queries, np.float32), _codes(codes, np.int8), k, ids, rows)
 
 
-def scan_hamming(query_words: np.ndarray, code_words: np.ndarray, k: int, ids: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def scan_hamming(query_words: np.ndarray, code_words: np.ndarray, k: int, ids: np.ndarray | None = None,
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k codes nearest in Hamming distance, as (-distance, id); packed bits as uint64 words."""
-    return _scan_codes("HAMMING", _queries(query_words, np.uint64), _codes(code_words, np.uint64), k, ids)
+    return _scan_codes("HAMMING", _queries(query_words, np.uint64), _codes(code_words, np.uint64), k, ids, rows)
 
 
 class TopKHeaps:

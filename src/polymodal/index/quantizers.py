@@ -70,11 +70,15 @@ class Quantizer(ABC):
             out[:, start:start + BLOCK_ROWS] = queries @ self.decode(codes[start:start + BLOCK_ROWS]).T
         return out
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k best codes per query by `scores`, as (scores, ids) sorted by score, then id
-        (padded with -inf, -1); ids None: the row numbers. Quantisers with a compiled scan
-        override it. `codes` as `encode` made them or as `scan_layout` laid them out."""
+        (padded with -inf, -1); ids None: the row numbers. `rows`: only those rows of
+        `codes` (a filter), ids[i] naming codes[rows[i]] (default: the row). Quantisers with
+        a compiled scan override it and read the rows in place; here they are copied.
+        `codes` as `encode` made them or as `scan_layout` laid them out."""
+        if rows is not None:
+            codes, ids = codes[rows], (rows if ids is None else ids)
         return exact_top_k(queries, codes, row_ids(codes, ids), k, self.scores)
 
     def scan_layout(self, codes: np.ndarray) -> np.ndarray:
@@ -106,11 +110,11 @@ class Float32(Quantizer):
     def scores(self, queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return queries @ codes.T
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if native.available() and len(queries) <= FLOAT32_FUSED_MAX_QUERIES:
-            return native.scan_float32(queries, codes, k, ids)
-        return super().top_k(queries, codes, ids, k)
+            return native.scan_float32(queries, codes, k, ids, rows)
+        return super().top_k(queries, codes, ids, k, rows)
 
     @property
     def bytes_per_vector(self) -> float:
@@ -178,10 +182,12 @@ class Int8(Quantizer):
             products = codes.astype(np.int32) @ q8.astype(np.int32)
         return (products.T * alpha).astype(np.float32)
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if native.available() and len(queries) <= INT8_FUSED_MAX_QUERIES:
-            return native.scan_int8(self.scaled_queries(queries), codes, k, ids)
+            return native.scan_int8(self.scaled_queries(queries), codes, k, ids, rows)
+        if rows is not None:  # the two passes below index rows themselves: a copy of the allowed
+            codes, ids = codes[rows], (rows if ids is None else ids)
         fetch = INT8_CANDIDATES_PER_RESULT * k + INT8_EXTRA_CANDIDATES
         if len(codes) <= fetch:
             return super().top_k(queries, codes, ids, k)
@@ -256,11 +262,11 @@ class Binary(Quantizer):
                 out[n, start:start + rows] = 1.0 - 2.0 * hamming / self.dim
         return out
 
-    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, queries: np.ndarray, codes: np.ndarray, ids: np.ndarray | None, k: int,
+              rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if not native.available():
-            return super().top_k(queries, codes, ids, k)
-        negated, found = native.scan_hamming(_as_words(self.encode(queries)), _as_words(codes), k, ids)
+            return super().top_k(queries, codes, ids, k, rows)
+        negated, found = native.scan_hamming(_as_words(self.encode(queries)), _as_words(codes), k, ids, rows)
         # -hamming -> 1 - 2 h / d, in float64 then rounded once, as `scores` computes it
         return (1.0 + 2.0 * negated.astype(np.float64) / self.dim).astype(np.float32), found
 
