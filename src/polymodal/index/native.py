@@ -17,13 +17,10 @@ kernels to.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import numpy as np
 import torch
+
+from polymodal.compiled import CompiledExtension
 
 try:
     from polymodal.index import _scan  # type: ignore[attr-defined]
@@ -33,23 +30,10 @@ except ImportError:  # built without a C compiler: the numpy path serves
 PADDING_ID = np.iinfo(np.int64).max  # what the C heaps hold for "no result yet"
 ISAS = ("auto", "avx512", "avx2", "generic")
 
-_enabled = _scan is not None and os.environ.get("POLYMODAL_NATIVE", "1") != "0"
-
-
-def available() -> bool:
-    """True when the compiled kernels are built and not switched off."""
-    return _enabled
-
-
-@contextmanager
-def disabled() -> Iterator[None]:
-    """The numpy path for the duration (parity tests, reference timings)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+_extension = CompiledExtension(_scan, "the compiled search kernels")
+available = _extension.available  # built and not switched off
+disabled = _extension.disabled  # the numpy path for the duration (parity tests, reference timings)
+_module = _extension.module
 
 
 def isa() -> str:
@@ -69,13 +53,6 @@ def threads() -> int:
     """Scan threads: torch's setting (OMP_NUM_THREADS, torch.set_num_threads), so one knob
     sets both."""
     return max(1, torch.get_num_threads())
-
-
-def _module() -> Any:
-    """The extension module, or an error saying why it is missing."""
-    if _scan is None:
-        raise RuntimeError("the compiled search kernels are not built (no C compiler when polymodal was installed)")
-    return _scan
 
 
 def _queries(array: np.ndarray, dtype: type) -> np.ndarray:

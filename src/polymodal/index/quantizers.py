@@ -77,8 +77,7 @@ class Quantizer(ABC):
         `codes` (a filter), ids[i] naming codes[rows[i]] (default: the row). Quantisers with
         a compiled scan override it and read the rows in place; here they are copied.
         `codes` as `encode` made them or as `scan_layout` laid them out."""
-        if rows is not None:
-            codes, ids = codes[rows], (rows if ids is None else ids)
+        codes, ids = take_rows(codes, ids, rows)
         return exact_top_k(queries, codes, row_ids(codes, ids), k, self.scores)
 
     def scan_layout(self, codes: np.ndarray) -> np.ndarray:
@@ -186,8 +185,7 @@ class Int8(Quantizer):
               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if native.available() and len(queries) <= INT8_FUSED_MAX_QUERIES:
             return native.scan_int8(self.scaled_queries(queries), codes, k, ids, rows)
-        if rows is not None:  # the two passes below index rows themselves: a copy of the allowed
-            codes, ids = codes[rows], (rows if ids is None else ids)
+        codes, ids = take_rows(codes, ids, rows)  # the two passes below index rows themselves
         fetch = INT8_CANDIDATES_PER_RESULT * k + INT8_EXTRA_CANDIDATES
         if len(codes) <= fetch:
             return super().top_k(queries, codes, ids, k)
@@ -208,6 +206,15 @@ class Int8(Quantizer):
 
     def load(self, folder: Path) -> None:
         self.scale = load_arrays(folder, "int8_scale")["int8_scale"]
+
+
+def take_rows(codes: np.ndarray, ids: np.ndarray | None, rows: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A copy of the `rows` of `codes` (a filter; all of them where None), and their ids:
+    `ids`, or the rows themselves."""
+    if rows is None:
+        return codes, ids
+    return codes[rows], (rows if ids is None else ids)
 
 
 def row_ids(codes: np.ndarray, ids: np.ndarray | None) -> np.ndarray:

@@ -12,7 +12,6 @@ forward-mode AD through it); `activations.disabled()` gives the torch formula fo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from polymodal.compiled import CompiledExtension
+
 try:
     from polymodal.models import _activations  # type: ignore[attr-defined]
 except ImportError:  # built without a C compiler: torch operations serve
@@ -28,23 +29,10 @@ except ImportError:  # built without a C compiler: torch operations serve
 
 SCALE = 1.702  # OpenAI CLIP's constant: sigmoid(1.702 x) approximates the normal CDF
 
-_enabled = _activations is not None and os.environ.get("POLYMODAL_NATIVE", "1") != "0"
-
-
-def available() -> bool:
-    """True when the compiled kernels are built and not switched off."""
-    return _enabled
-
-
-@contextmanager
-def disabled() -> Iterator[None]:
-    """The torch formula for the duration (parity tests, reference timings)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+_extension = CompiledExtension(_activations, "polymodal's compiled activations")
+available = _extension.available  # built and not switched off
+disabled = _extension.disabled  # the torch formula for the duration (parity tests, reference timings)
+_module = _extension.module
 
 
 @contextmanager
@@ -76,7 +64,7 @@ def quick_gelu(x: Tensor) -> Tensor:
 
 
 def _fits(x: Tensor) -> bool:
-    return (_enabled and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+    return (_extension.enabled and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
             and x.numel() > 0 and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
 
 
@@ -101,8 +89,3 @@ class _QuickGELU(torch.autograd.Function):
 def _array(t: Tensor) -> Any:
     return t.detach().numpy()  # a view: no copy
 
-
-def _module() -> Any:
-    if _activations is None:
-        raise RuntimeError("polymodal's compiled activations are not built (no C compiler at install time)")
-    return _activations

@@ -101,14 +101,17 @@ class MultiheadAttention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         mask = attention_mask(key_mask, causal, q.shape[-2], k.shape[-2], x.device)
+        return self.out_proj(self.attend(q, k, v, mask, causal and mask is None))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """Attention of projected (B, H, N|M, Dh) queries, keys and values: (B, N, D), before
+        the output projection; the weights recorded inside `capture_attention(...)`."""
         if self.recorded is not None:
-            out, weights = attention_with_weights(q, k, v, mask, causal and mask is None)
+            out, weights = attention_with_weights(q, k, v, mask, causal)
             self.recorded.append(weights.detach())
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                 is_causal=causal and mask is None)
-        out = out.transpose(1, 2).flatten(2)  # (B, N, D)
-        return self.out_proj(out)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return out.transpose(1, 2).flatten(2)
 
     def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if context is None:
@@ -309,14 +312,12 @@ class TransformerBlock(nn.Module):
         length = packing.length
         if at is None:
             mask = attention_mask(key_mask, causal, length, length, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
-            out = packing.pack(out.transpose(1, 2).flatten(2))  # (T, W)
+            out = packing.pack(attn.attend(q, k, v, mask, causal and mask is None))  # (T, W)
             residual = x
         else:
             rows = torch.arange(packing.batch, device=x.device)
             mask = attention_mask(_keys_at(key_mask, causal, at, length), False, 1, length, x.device)
-            out = F.scaled_dot_product_attention(q[rows, :, at][:, :, None], k, v, attn_mask=mask)
-            out = out.transpose(1, 2).flatten(2)[:, 0]  # (B, W)
+            out = attn.attend(q[rows, :, at][:, :, None], k, v, mask, False)[:, 0]  # (B, W)
             residual = x[packing.packed_index(at)]
         x = residual + self.ls1(attn.out_proj(out))
         return x + self.ls2(self.mlp(self.norm2(x)))
@@ -353,32 +354,25 @@ class Transformer(nn.Module):
             x = self._run(block, x, kwargs)
         return x
 
-    def forward_at(self, x: Tensor, index: Tensor, *, key_mask: Tensor | None = None,
-                   causal: bool = False) -> Tensor:
+    def forward_at(self, x: Tensor, index: Tensor, *, key_mask: Tensor | None = None, causal: bool = False,
+                   packing: Packing | None = None) -> Tensor:
         """`forward(x)[arange(B), index]`, (B, W), with the last block computed for those
-        tokens only (`TransformerBlock.forward_at`): the same values, less work. Only
-        where `supports_forward_at()`; module hooks on the blocks do not see the call."""
+        tokens only (`TransformerBlock.forward_at`): the same values, less work. With
+        `packing`, x (T, W) holds the real tokens of a right-padded batch and no block
+        works on padding (`TransformerBlock.forward_packed`; every `index` must be a real
+        token). Only where `supports_forward_at()`; hooks on the blocks do not see the call."""
         if not self.supports_forward_at():
             raise ValueError("forward_at needs self-attention blocks with attention not being captured")
-        *blocks, last = self.blocks
-        for block in blocks:
-            x = self._run(block, x, dict(key_mask=key_mask, causal=causal))
-        assert isinstance(last, TransformerBlock)
-        return last.forward_at(x, index, key_mask=key_mask, causal=causal)
-
-    def forward_packed_at(self, x: Tensor, packing: Packing, index: Tensor, *, key_mask: Tensor | None = None,
-                          causal: bool = False) -> Tensor:
-        """`forward_at` on the packed real tokens x (T, W) of a right-padded batch
-        (`TransformerBlock.forward_packed`): the same values, no work on padding. Every
-        `index` must be a real token's position."""
-        if not self.supports_forward_at():
-            raise ValueError("forward_packed_at needs self-attention blocks with attention not being captured")
-        *blocks, last = self.blocks
-        for block in blocks:
-            assert isinstance(block, TransformerBlock)
-            x = self._run(block.forward_packed, x, dict(packing=packing, key_mask=key_mask, causal=causal))
-        assert isinstance(last, TransformerBlock)
-        return last.forward_packed(x, packing, key_mask=key_mask, causal=causal, at=index)
+        kwargs: dict[str, Any] = dict(key_mask=key_mask, causal=causal)
+        blocks = [block for block in self.blocks if isinstance(block, TransformerBlock)]
+        for block in blocks[:-1]:
+            if packing is None:
+                x = self._run(block, x, kwargs)
+            else:
+                x = self._run(block.forward_packed, x, dict(kwargs, packing=packing))
+        if packing is None:
+            return blocks[-1].forward_at(x, index, **kwargs)
+        return blocks[-1].forward_packed(x, packing, at=index, **kwargs)
 
     def supports_forward_at(self) -> bool:
         """Whether `forward_at` applies: a stack of self-attention blocks whose attention

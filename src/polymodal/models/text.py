@@ -92,8 +92,8 @@ class TextTransformer(Tower):
             # Padding present, and every pooled token is a real one (a left-padded row pooling
             # "first" is not): the token-wise work runs on the real tokens only.
             packing = Packing.from_mask(mask)
-            pooled = self.transformer.forward_packed_at(packing.pack(h), packing, index, key_mask=key_mask,
-                                                        causal=causal)
+            pooled = self.transformer.forward_at(packing.pack(h), index, key_mask=key_mask, causal=causal,
+                                                 packing=packing)
         else:
             pooled = self.transformer.forward_at(h, index, key_mask=key_mask, causal=causal)
         return self.norm(pooled)
