@@ -20,10 +20,12 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -c "import torch" || { echo "torch failed to install" >&2; exit 1; }
 .venv/bin/pip install -q -e ".[index,serve,dev]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import polymodal, faiss, fastapi" || { echo "polymodal failed to install" >&2; exit 1; }
-# The compiled kernels (src/polymodal/index/_scan.c, src/polymodal/models/_activations.c)
-# need a C compiler; without one, polymodal installs and runs their torch/numpy paths, slower.
+# The compiled kernels (src/polymodal/index/_scan.c, src/polymodal/models/_activations.c,
+# src/polymodal/_resample.c) need a C compiler; without one, polymodal installs and runs their torch/numpy paths, slower.
 .venv/bin/python -c "from polymodal.index import native; raise SystemExit(not native.available())" \
     || echo "warning: the compiled search kernels were not built (no C compiler?); exact search uses numpy" >&2
 .venv/bin/python -c "from polymodal.models import activations; raise SystemExit(not activations.available())" \
     || echo "warning: the compiled activation was not built (no C compiler?); QuickGELU runs as torch ops" >&2
+.venv/bin/python -c "from polymodal import resample; raise SystemExit(not resample.available())" \
+    || echo "warning: the compiled resize was not built (no C compiler?); Pillow resizes images" >&2
 echo "polymodal is installed in .venv"

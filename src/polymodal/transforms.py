@@ -23,6 +23,7 @@ from torch import Tensor
 
 from polymodal.config import AugmentConfig, PreprocessConfig
 from polymodal.errors import ImageDecodeError
+from polymodal.resample import resize_rgb
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -163,13 +164,17 @@ class ImageTransform:
         self._std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: ImageSource) -> Tensor:
-        return self.to_tensor(self.geometry(self._rgb(image)))
+        return self.normalise(self.pixels(self._rgb(image)))
 
     def pixels(self, rgb: Image.Image) -> Tensor:
         """(3, S, S) uint8 of an image `load_image` returned: cropped and resized, not yet
         normalised. Bulk embedding passes these (a quarter of the float tensor's bytes)
-        from its decoding workers and normalises whole batches with `normalise`."""
-        return _channels_first(self.geometry(rgb))
+        from its decoding workers and normalises whole batches with `normalise`. The same
+        bytes as `geometry`, through the compiled resize where it is built."""
+        size = self.cfg.image_size
+        box = None if self.cfg.resize_mode == "squash" else center_crop_box(*rgb.size, self.cfg.resize_size or size,
+                                                                            size)
+        return torch.from_numpy(resize_rgb(rgb, (size, size), self.cfg.interpolation, box, channels_first=True))
 
     def normalise(self, pixels: Tensor) -> Tensor:
         """(..., 3, S, S) uint8 -> float32 in [0, 1], less the mean, over the std: the one
@@ -181,24 +186,17 @@ class ImageTransform:
         return torch.stack([self(image) for image in images])
 
     def geometry(self, image: Image.Image) -> Image.Image:
+        """The resized and cropped image, as a Pillow image (what `pixels` holds as an array)."""
         size = self.cfg.image_size
         if self.cfg.resize_mode == "squash":
             return image if image.size == (size, size) else image.resize((size, size), self.resample)
         box = center_crop_box(*image.size, self.cfg.resize_size or size, size)
         return image.resize((size, size), self.resample, box=box)
 
-    def to_tensor(self, image: Image.Image) -> Tensor:
-        return self.normalise(_channels_first(image))
-
     def _rgb(self, image: ImageSource) -> Image.Image:
         # Also for Pillow images: EXIF rotation, lazy decoding errors and modes are
         # handled the same way whether the caller passed a path or an opened image.
         return load_image(image, background=self.cfg.background)
-
-
-def _channels_first(image: Image.Image) -> Tensor:
-    """(H, W, 3) RGB -> (3, H, W) uint8."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
 
 
 class TrainTransform(ImageTransform):
@@ -215,10 +213,12 @@ class TrainTransform(ImageTransform):
         image = self._rgb(image)
         aug, size = self.augment, self.cfg.image_size
         left, top, cw, ch = random_resized_crop_box(*image.size, aug.scale, aug.ratio, rng)
-        image = image.resize((size, size), self.resample, box=(left, top, left + cw, top + ch))
+        pixels = resize_rgb(image, (size, size), self.cfg.interpolation, (left, top, left + cw, top + ch))
         if aug.hflip and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.to_tensor(color_jitter(image, aug, rng))
+            pixels = pixels[:, ::-1]
+        if aug.brightness or aug.contrast or aug.saturation or aug.hue:
+            pixels = np.asarray(color_jitter(Image.fromarray(np.ascontiguousarray(pixels)), aug, rng))
+        return self.normalise(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
 
 
 def color_jitter(image: Image.Image, aug: AugmentConfig, rng: np.random.Generator) -> Image.Image:
