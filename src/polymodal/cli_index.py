@@ -39,6 +39,9 @@ ModelOpt = Annotated[str | None, typer.Option(
     help="Model directory (or 'quickstart'); default: the model that built the store.")]
 ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --model differs from its model.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
+WorkersOpt = Annotated[int | None, typer.Option(min=0, help=(
+    "Image-decoding processes (0: in this process). Default: 2 with a GPU or more than 2 CPU cores; 0 on "
+    "2 cores, where workers would take the cores the model needs."), show_default=False)]
 _INT8_HELP = ("int8: Linear layers quantised, on the CPU (1.3-2.4x fp32's speed at batch 64, embeddings within "
               "cosine 0.996 of fp32's; check the evaluation: small models lose some recall).")
 _BF16_HELP = ("bf16 (autocast: on CPUs with fast bf16 units, e.g. AMD Zen 4, 1.7-2.2x fp32's speed within cosine "
@@ -95,9 +98,7 @@ def index_update(
     rerank: RerankOpt = None,
     memory_budget: BudgetOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 64,
-    workers: Annotated[int, typer.Option(min=0, help=(
-        "Image-decoding processes (0: in this process). On 2 cores, 0 is faster for 64-px models, "
-        "whose encoder outruns the decoder; 2 lets decoding hide behind a ViT-B/32."))] = 2,
+    workers: WorkersOpt = None,
     max_pixels: Annotated[int, typer.Option(
         min=1, help="Skip images with more pixels than this (decompression-bomb guard).")] = 178_956_970,
     flush_every: Annotated[int, typer.Option(min=1, help="Vectors per commit: what a killed run redoes.")] = 1024,
@@ -146,7 +147,7 @@ def index_update(
 @index_app.command("add")
 def index_add(store: StoreArg,
               source: Annotated[str, typer.Argument(help="Images to add: folder, captions table, shards, .toml.")],
-              workers: Annotated[int, typer.Option(min=0, help="Image-decoding processes.")] = 2,
+              workers: WorkersOpt = None,
               device: DeviceOpt = "") -> None:
     """Add (or update) SOURCE in an existing STORE, with the store's model."""
     from polymodal.errors import StoreError

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from polymodal.factory import get_tokenizer, get_transforms, load_model
-from polymodal.index.pipeline import Encoder, IndexOptions, encode_batches, index_source
+from polymodal.index import pipeline
+from polymodal.index.pipeline import Encoder, IndexOptions, decode_workers, encode_batches, index_source
 from polymodal.index.reader import list_source, plan_run, sha256_of
 from polymodal.index.store import VECTOR_DIR, NewItem, Store
 from tests.helpers import save_tiny_model
@@ -109,3 +110,17 @@ def test_transparent_images_are_indexed_on_the_models_background(tmp_path: Path)
     _, crop, reason = ImageDataset([ImageRef(str(tmp_path / "clear.png"))], transform)[0]
     assert reason == "" and crop is not None and int(crop.max()) == 0
     assert torch.equal(transform.normalise(crop), transform(tmp_path / "clear.png"))
+
+
+@pytest.mark.parametrize(("cores", "device", "expected"), [(2, "cpu", 0), (1, "cpu", 0), (3, "cpu", 2), (16, "cpu", 2),
+                                                           (2, "cuda", 2)])
+def test_decoding_workers_default_to_none_where_the_model_needs_every_core(
+        monkeypatch: pytest.MonkeyPatch, cores: int, device: str, expected: int) -> None:
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: cores)
+    assert decode_workers(None, torch.device(device)) == expected
+    assert decode_workers(1, torch.device(device)) == 1  # an explicit count is kept
+
+
+def test_usable_cores_follows_the_affinity() -> None:
+    affinity = getattr(os, "sched_getaffinity", None)
+    assert pipeline.usable_cores() == (len(affinity(0)) if affinity else os.cpu_count())
