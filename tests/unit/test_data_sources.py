@@ -9,9 +9,11 @@ import pytest
 from PIL import Image
 
 from polymodal.data.sources import (
+    IMAGE_EXTENSIONS,
     CaptionsSource,
     ClassSource,
     TarSource,
+    image_files,
     load_source,
 )
 from polymodal.errors import DataError
@@ -151,3 +153,20 @@ def test_label_tables_with_class_names(tmp_path: Path) -> None:
     assert [r.captions[0] for r in pairs.records] == ["a photo of a goldfish.", "a photo of a Egyptian cat."]
     with pytest.raises(DataError, match="exactly one of root"):
         load_source(ClassSource())
+
+
+def test_image_files_lists_what_rglob_would_in_path_order(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for name in ["b/x.jpg", "a-b/y.PNG", "a/z.jpeg", "a/notes.txt", "a/deep/er/w.webp", "real/v.jpg"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    (root / "folder.jpg").mkdir()  # a directory named like an image is not one
+    (root / "a" / "linked-dir").symlink_to(root / "real")  # not entered, as rglob does not
+    (root / "a" / "linked.jpg").symlink_to(root / "real" / "v.jpg")  # a link to a file is listed
+    (root / "a" / "broken.jpg").symlink_to(root / "gone.jpg")  # a broken link is not
+    expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    listed = image_files(root)
+    assert listed == expected
+    assert [p.relative_to(root).as_posix() for p in listed] == [
+        "a/deep/er/w.webp", "a/linked.jpg", "a/z.jpeg", "a-b/y.PNG", "b/x.jpg", "real/v.jpg"]
+    assert image_files(tmp_path / "missing") == []

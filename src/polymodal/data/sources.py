@@ -9,6 +9,8 @@ training TOML files) and a loader returning a `PairSet`.
 
 from __future__ import annotations
 
+import os
+
 import glob
 import json
 import tarfile
@@ -93,8 +95,23 @@ SourceConfig = CaptionsSource | TarSource | ClassSource | EmojiSource | Question
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """Every image file under `folder` (recursively, by extension), in path order."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """Every image file under `folder` (recursively, by extension), in path order. As
+    `Path.rglob` lists them (symbolic links to directories are not followed, unreadable
+    directories are passed over), at a stat call less per file: scandir's entries know
+    which are directories and files without one."""
+    found: list[str] = []
+    pending = [os.fspath(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                        found.append(entry.path)
+        except (PermissionError, NotADirectoryError, FileNotFoundError):
+            continue
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]  # Path order: part by part
 
 
 # --------------------------------------------------------------------------- loaders

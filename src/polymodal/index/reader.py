@@ -65,7 +65,9 @@ def _list_folder(root: Path) -> SourceListing:
     files: dict[str, list[Path]] = {}  # resolved path (the item's uri) -> the paths listed for it
     escaping = {}
     for path in image_files(root):
-        real = path.resolve()  # once per file: listing a large folder is mostly this call
+        # The listing does not enter linked directories and root is resolved, so only a
+        # link itself can lead elsewhere: resolving every path took most of the listing.
+        real = path.resolve() if path.is_symlink() else path
         # a symlink to a file outside the folder is not indexed: serving would refuse it anyway
         if real.is_relative_to(root):
             files.setdefault(str(real), []).append(path)  # links within the folder: one item
