@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from polymodal.factory import get_tokenizer, get_transforms, load_model
-from polymodal.index import pipeline
+from polymodal.index import pipeline, reader
 from polymodal.index.pipeline import Encoder, IndexOptions, decode_workers, encode_batches, index_source
 from polymodal.index.reader import list_source, plan_run, sha256_of
 from polymodal.index.store import VECTOR_DIR, NewItem, Store
@@ -124,3 +124,22 @@ def test_decoding_workers_default_to_none_where_the_model_needs_every_core(
 def test_usable_cores_follows_the_affinity() -> None:
     affinity = getattr(os, "sched_getaffinity", None)
     assert pipeline.usable_cores() == (len(affinity(0)) if affinity else os.cpu_count())
+
+
+@pytest.mark.parametrize("parallel_from", [0, 1 << 40])  # threads for every size; one thread for these
+def test_hashes_come_back_in_listing_order_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         parallel_from: int) -> None:
+    monkeypatch.setattr(reader, "PARALLEL_HASH_BYTES", parallel_from)
+    monkeypatch.setattr(reader, "HASH_CHUNK", 3)  # several chunks, the last one short
+    root = tmp_path / "src"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(11):
+        (root / f"{i:02d}.jpg").write_bytes(rng.bytes(int(rng.integers(1, 5000))))
+    found = list_source(str(root)).images
+    calls: list[tuple[str, int, int]] = []
+    shas = reader._hash_all(found, 4, lambda stage, done, total: calls.append((stage, done, total)))
+    assert shas == [sha256_of(f.ref) for f in found]
+    assert len(set(shas)) == 11
+    assert calls[-1] == ("hashing", 11, 11)
+    assert reader._hash_all([], 4, None) == []
