@@ -41,6 +41,7 @@ from PIL import Image
 from polymodal.config import TextTransformerConfig, TokenizerConfig
 from polymodal.errors import TokenizerError
 from polymodal.factory import create_model, get_tokenizer, get_transforms, load_model, save_model
+from polymodal.index.pipeline import decode_workers
 from polymodal.models.dual_encoder import DualEncoder
 from polymodal.registry import get_preset
 from polymodal.runtime import tune_allocator
@@ -141,7 +142,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown preset(s) {', '.join(sorted(unknown))}; choose from {', '.join(MODELS)}")
     torch.set_num_threads(THREADS)
-    results: dict[str, Any] = {"threads": THREADS, "batch": BATCH, "models": {}}
+    # what `--workers` defaults to here (the summary table shows that run)
+    results: dict[str, Any] = {"threads": THREADS, "batch": BATCH, "models": {},
+                               "default_workers": decode_workers(None, torch.device("cpu"))}
     with tempfile.TemporaryDirectory(prefix="polymodal-ingest-") as tmp:
         for preset in args.model.split(","):
             results["models"][preset] = measure(preset, args.images or MODELS[preset], Path(tmp),

@@ -24,7 +24,7 @@ import summary
 from common import parse_names
 
 BENCH = Path(__file__).parent
-SCRIPTS = ("ceilings", "search", "encoders", "text_bulk", "train_step", "ingest", "serve_load",
+SCRIPTS = ("ceilings", "search", "encoders", "text_bulk", "train_step", "ingest", "preprocess", "serve_load",
            "cpu_precision")
 
 

@@ -38,6 +38,7 @@ def rows(found: dict[str, dict[str, Any]]) -> list[Row]:
     out += text_bulk_rows(found.get("text_bulk", {}))
     out += train_step_rows(found.get("train_step", {}))
     out += ingest_rows(found.get("ingest", {}))
+    out += preprocess_rows(found.get("preprocess", {}))
     out += gpu_encoder_rows(found.get("encoders-cuda", {}), found.get("ceilings-cuda", {}).get("results", {}))
     out += train_step_rows(found.get("train_step-cuda", {}))
     for key, label in (("fp32_gflops", "matmul 2048², fp32 (GFLOP/s)"), ("bf16_gflops", "matmul 2048², bf16 (GFLOP/s)"),
@@ -180,16 +181,34 @@ def text_bulk_rows(record: dict[str, Any]) -> list[Row]:
 
 
 def ingest_rows(record: dict[str, Any]) -> list[Row]:
-    """`polymodal index update` on a folder of JPEGs with its default 2 decoding workers,
-    as a share of the encoder's own throughput on the decoded images (the goal: 90%)."""
+    """`polymodal index update` on a folder of JPEGs with its default decoding workers (2
+    before the default depended on the machine), as a share of the encoder's own
+    throughput on the decoded images (the goal: 90%)."""
     out: list[Row] = []
-    for preset, result in record.get("results", {}).get("models", {}).items():
-        run = result.get("workers_2")
+    results = record.get("results", {})
+    workers = results.get("default_workers", 2)
+    for preset, result in results.get("models", {}).items():
+        run = result.get(f"workers_{workers}")
         if not run:
             continue
-        out.append((f"index {result['count']} JPEGs, images/s ({preset}, 2 workers)", f"{run['images_per_s']:g}",
-                    f"encoder alone {result['encoder_alone_images_per_s']:g}", f"{run['of_encoder']:.2f}x", "",
-                    _source(record)))
+        out.append((f"index {result['count']} JPEGs, images/s ({preset}, {workers} workers)",
+                    f"{run['images_per_s']:g}", f"encoder alone {result['encoder_alone_images_per_s']:g}",
+                    f"{run['of_encoder']:.2f}x", "", _source(record)))
+    return out
+
+
+def preprocess_rows(record: dict[str, Any]) -> list[Row]:
+    """Per-image preprocessing on one core: the resize against Pillow's, and a JPEG to the
+    model's tensor against transformers' CLIPImageProcessor (ratio: their time over ours)."""
+    out: list[Row] = []
+    for source, result in record.get("results", {}).get("sources", {}).items():
+        for size, run in result.get("sizes", {}).items():
+            out.append((f"resize {source} JPEGs to {size} px (µs/image)", f"{run['ours_resize_us']:g}",
+                        f"Pillow {run['pillow_resize_us']:g}", f"{run['resize_over_pillow']:.2f}x", "",
+                        _source(record)))
+            out.append((f"JPEG to tensor, {source} to {size} px (µs/image)", f"{run['ours_end_to_end_us']:g}",
+                        f"CLIPImageProcessor {run['peer_end_to_end_us']:g}", f"{run['end_to_end_over_peer']:.2f}x",
+                        "", _source(record)))
     return out
 
 
@@ -199,6 +218,7 @@ def _source(record: dict[str, Any]) -> str:
 
 # The table's order: by result file, then as `rows` gives them.
 ORDER = ("search", "search_exact", "search_hnsw", "serve_load", "encoders", "text_bulk", "train_step", "ingest",
+         "preprocess",
          "encoders-cuda", "train_step-cuda", "ceilings", "ceilings-cuda")
 
 

@@ -84,6 +84,20 @@ def test_gpu_train_step_and_ingest_rows() -> None:
     assert rows["vit texts embedded/s, 512 captions in batches of 256"][1:4] == ("300", "transformers 150", "2.00x")
 
 
+def test_ingest_rows_show_the_default_workers_and_preprocess_rows_the_peers() -> None:
+    ingest = record("ingest", {"default_workers": 0, "models": {"vit": {
+        "count": 256, "encoder_alone_images_per_s": 20.0, "workers_0": {"images_per_s": 18.0, "of_encoder": 0.9},
+        "workers_2": {"images_per_s": 19.0, "of_encoder": 0.95}}}})
+    preprocess = record("preprocess", {"sources": {"flickr-128": {"sizes": {"64": {
+        "ours_resize_us": 50.0, "pillow_resize_us": 170.0, "resize_over_pillow": 3.4,
+        "ours_end_to_end_us": 280.0, "peer_end_to_end_us": 573.0, "end_to_end_over_peer": 2.05}}}}})
+    rows = {r[0]: r for r in summary.rows({"ingest": ingest, "preprocess": preprocess})}
+    assert rows["index 256 JPEGs, images/s (vit, 0 workers)"][1:4] == ("18", "encoder alone 20", "0.90x")
+    assert "index 256 JPEGs, images/s (vit, 2 workers)" not in rows
+    assert rows["resize flickr-128 JPEGs to 64 px (µs/image)"][1:4] == ("50", "Pillow 170", "3.40x")
+    assert rows["JPEG to tensor, flickr-128 to 64 px (µs/image)"][1:4] == ("280", "CLIPImageProcessor 573", "2.05x")
+
+
 def test_the_rewrite_replaces_only_the_marked_table() -> None:
     before = f"# Benchmarks\n\nintro\n\n{summary.BEGIN}\nold table\n{summary.END}\n\n## Later section\nkept\n"
     after = summary.rewrite(before, "| new |")
