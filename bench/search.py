@@ -6,8 +6,9 @@
    and against the memory-bandwidth floor: the bytes of the codes at the read bandwidth
    measured right before each query (torch reading 512 MB, 2 threads), which also leaves
    every call the same cold cache; ratios are medians over the queries. Also polymodal's numpy path
-   (POLYMODAL_NATIVE=0), and 64 queries at once. The vectors are SYNTHETIC (normalised
-   Gaussian): scan speed does not depend on their content.
+   (POLYMODAL_NATIVE=0), 64 queries at once, and one query restricted to 5%, 20% and 50%
+   of the items (fp32 and int8; faiss with an IDSelectorBatch). The vectors are SYNTHETIC
+   (normalised Gaussian): scan speed does not depend on their content.
 2. HNSW text→image (`--parts hnsw`, writes bench/results/search_hnsw.json): queries/s at
    recall@10 >= 0.95 (against exact search over the fp32 vectors) for polymodal's hnsw
    backend (faiss's graph) over fp16 vectors (what `--memory-budget` picks: "polymodal"),
@@ -112,18 +113,26 @@ def faiss_exact(quantizer: str, vectors: np.ndarray) -> Callable[[np.ndarray, in
     """The faiss index a user would pick for exact search over these codes, as search(queries, k)."""
     import faiss
 
-    dim = vectors.shape[1]
     if quantizer == "binary":
-        binary = faiss.IndexBinaryFlat(dim)
+        binary = faiss.IndexBinaryFlat(vectors.shape[1])
         binary.add(np.packbits(vectors > 0, axis=1))
         return lambda q, k: binary.search(np.packbits(q > 0, axis=1), k)
+    index = faiss_index(quantizer, vectors)
+    return lambda q, k: index.search(q, k)
+
+
+def faiss_index(quantizer: str, vectors: np.ndarray) -> Any:
+    """faiss's exact index over fp32 vectors or int8 codes."""
+    import faiss
+
+    dim = vectors.shape[1]
     if quantizer == "int8":
         index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors[:100_000])
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(vectors)
-    return lambda q, k: index.search(q, k)
+    return index
 
 
 def compare_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
@@ -170,6 +179,48 @@ def batched_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray) -> d
             "polymodal_speed_vs_faiss": t.speed_ratio("faiss", "polymodal")}
 
 
+def filtered_exact(quantizer: str, vectors: np.ndarray, queries: np.ndarray,
+                   fractions: tuple[float, ...] = (0.05, 0.2, 0.5)) -> dict[str, Any]:
+    """One query restricted to a random share of the items (what `--where` and `--path`
+    give): polymodal's `search(..., allowed=ids)` against faiss with an IDSelectorBatch
+    (`SearchParameters(sel=...)`), and polymodal's numpy path, which copies the allowed rows."""
+    import faiss
+
+    ids = np.arange(len(vectors), dtype=np.int64)
+    ours = make_backend("exact", vectors.shape[1], quantizer=quantizer)
+    ours.build(ids, vectors)
+    index = faiss_index(quantizer, vectors)
+    rng = np.random.default_rng(1)
+    out: dict[str, Any] = {}
+    for fraction in fractions:
+        allowed = np.sort(rng.choice(len(vectors), int(fraction * len(vectors)), replace=False)).astype(np.int64)
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        t = interleaved(filtered_runs(ours, index, queries, allowed, params), rounds=10)
+        _, found = ours.search(queries, 10, allowed=allowed)
+        _, peer_found = index.search(queries, 10, params=params)
+        out[f"{fraction:g}"] = {
+            "allowed": len(allowed), "polymodal_ms": t.median_ms("polymodal"), "faiss_ms": t.median_ms("faiss"),
+            "polymodal_numpy_ms": t.median_ms("polymodal_numpy"),
+            "polymodal_speed_vs_faiss": t.speed_ratio("faiss", "polymodal"),
+            "polymodal_speed_vs_numpy_path": t.speed_ratio("polymodal_numpy", "polymodal"),
+            "all_results_allowed": bool(np.isin(found, allowed).all()),
+            "top10_overlap_with_faiss": round(float(np.mean([len(set(a) & set(b)) / 10
+                                                             for a, b in zip(found, peer_found, strict=True)])), 4)}
+        print(quantizer, "filtered", fraction, out[f"{fraction:g}"], flush=True)
+    return out
+
+
+def filtered_runs(ours: Any, index: Any, queries: np.ndarray, allowed: np.ndarray,
+                  params: Any) -> dict[str, Callable[[int], object]]:
+    def numpy_path(j: int) -> object:
+        with native.disabled():
+            return ours.search(queries[j:j + 1], 10, allowed=allowed)
+
+    return {"polymodal": lambda j: ours.search(queries[j:j + 1], 10, allowed=allowed),
+            "faiss": lambda j: index.search(queries[j:j + 1], 10, params=params),
+            "polymodal_numpy": numpy_path}
+
+
 def exact_at_1m(n: int = 1_000_000, dim: int = 512, n_queries: int = 20, batch: int = 64) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
@@ -177,12 +228,14 @@ def exact_at_1m(n: int = 1_000_000, dim: int = 512, n_queries: int = 20, batch: 
     noise = 0.1 * rng.standard_normal((max(n_queries, batch), dim), dtype=np.float32)
     queries = vectors[rng.choice(n, len(noise), replace=False)] + noise
     out: dict[str, Any] = {"n": n, "dim": dim, "vectors": "synthetic (normalised Gaussian)", "queries": n_queries,
-                           "kernels": native.isa(), "threads": THREADS, "batched": {}}
+                           "kernels": native.isa(), "threads": THREADS, "batched": {}, "filtered": {}}
     for quantizer in ("fp32", "int8", "binary"):
         out[quantizer] = compare_exact(quantizer, vectors, queries[:n_queries])
         print(quantizer, out[quantizer], flush=True)
         out["batched"][quantizer] = batched_exact(quantizer, vectors, queries[:batch])
         print(quantizer, batch, "queries at once", out["batched"][quantizer], flush=True)
+        if quantizer != "binary":  # faiss's binary index takes no ID selector
+            out["filtered"][quantizer] = filtered_exact(quantizer, vectors, queries[:n_queries])
     return out
 
 
@@ -193,7 +246,7 @@ def real_vectors(store_path: Path, model: str) -> tuple[np.ndarray, np.ndarray, 
         for name in SOURCES:
             start = time.perf_counter()
             result = index(str(DATA / name), store=store_path, model=model,
-                           options=IndexOptions(batch_size=128, num_workers=1))
+                           options=IndexOptions(batch_size=128))
             report = result.reports[0]
             ingest[name] = {"images": report.embedded, "captions": report.captions_added,
                             "seconds": round(time.perf_counter() - start, 1),

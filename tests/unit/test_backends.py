@@ -276,3 +276,34 @@ def test_binary_codes_are_laid_out_for_the_scan_once_and_search_like_numpy(dim: 
     loaded.load(tmp_path)
     assert isinstance(loaded, ExactBackend)
     np.testing.assert_array_equal(loaded.scan_codes, backend.scan_codes)
+
+
+@pytest.mark.parametrize("ids", [
+    np.arange(100, 300),  # dense: the position table
+    np.arange(0, 2000, 7),  # sparse: the binary search
+    np.array([5, 9, 9, 12, 40]),  # an id at two positions
+], ids=["dense", "sparse", "repeated"])
+def test_positions_of_allowed_ids_are_what_isin_finds(ids: np.ndarray, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    backend = ExactBackend(4)
+    backend.build(rng.permutation(ids), rng.standard_normal((len(ids), 4)).astype(np.float32))
+    lo, hi = int(ids.min()), int(ids.max())
+    for wanted in (rng.integers(lo - 50, hi + 50, 80),  # unknown ids, below and above the range too
+                   np.sort(rng.choice(ids, len(ids) // 3, replace=False)),  # sorted, all known
+                   np.concatenate([ids[::-1], ids[:3]]),  # unsorted, repeated
+                   np.array([lo - 1, hi + 1]), np.array([], dtype=np.int64)):
+        expected = np.flatnonzero(np.isin(backend.ids, wanted))
+        np.testing.assert_array_equal(backend.positions(wanted), expected)
+    backend.save(tmp_path / "b")
+    loaded = ExactBackend(4)
+    loaded.load(tmp_path / "b")
+    np.testing.assert_array_equal(loaded.positions(ids[:5]), np.flatnonzero(np.isin(loaded.ids, ids[:5])))
+
+
+def test_positions_follow_a_rebuild() -> None:
+    backend = ExactBackend(2)
+    backend.build(np.arange(10), np.ones((10, 2), np.float32))
+    assert backend.positions(np.array([3, 4])).tolist() == [3, 4]
+    backend.build(np.arange(100, 110), np.ones((10, 2), np.float32))  # the old table must not answer
+    assert backend.positions(np.array([3, 4])).tolist() == []
+    assert backend.positions(np.array([104, 103])).tolist() == [3, 4]

@@ -260,20 +260,21 @@ def test_scans_from_several_python_threads_and_a_forked_child(four_threads: None
 
 @pytest.mark.parametrize("isa", ["auto", "avx2", "generic"])
 @pytest.mark.parametrize("kind", ["F32", "I8", "HAMMING"])
-def test_a_row_list_scans_those_rows_in_place_like_a_copy_of_them(isa: str, kind: str) -> None:
+@pytest.mark.parametrize("nq", [3, 20])  # one group of queries, and more than one
+def test_a_row_list_scans_those_rows_in_place_like_a_copy_of_them(isa: str, kind: str, nq: int) -> None:
     """A filter reads the allowed rows where they are (no copy of the collection): the same
     results as scanning a copy of those rows, ids defaulting to the rows."""
     rng = np.random.default_rng(5)
     n, dim = 20_000, 40  # enough rows for several threads' chunks and blocks
     if kind == "HAMMING":
         codes = rng.integers(0, 2**63, (n, 2), dtype=np.uint64)
-        queries = rng.integers(0, 2**63, (3, 2), dtype=np.uint64)
+        queries = rng.integers(0, 2**63, (nq, 2), dtype=np.uint64)
         scan = native.scan_hamming
     else:
         codes = rng.standard_normal((n, dim)).astype(np.float32)
         if kind == "I8":
             codes = rng.integers(-127, 128, (n, dim), dtype=np.int8)
-        queries = rng.standard_normal((3, dim)).astype(np.float32)
+        queries = rng.standard_normal((nq, dim)).astype(np.float32)
         scan = native.scan_float32 if kind == "F32" else native.scan_int8
     rows = np.sort(rng.choice(n, 7_001, replace=False))[::-1].copy()  # any order
     native.set_isa(isa)

@@ -115,20 +115,24 @@ static int heap_sort_into(float *hs, int64_t *hi, int64_t k, float *out_s, int64
 
 /* ---------------------------------------------------------------- score kernels */
 
-/* out[j * nrows + r] = score of query j against row r. `dim` counts elements of the codes'
- * type (floats, bytes, or 64-bit words for sign bits). */
-typedef void (*score_fn)(const void *queries, int64_t nq, const void *rows, int64_t nrows, int64_t dim,
-                         float *out);
+/* out[j * nrows + r] = score of query j against row r: rows[r], or rows[index[r]] where an
+ * index is given (a filter's rows, read in place). `dim` counts elements of the codes' type
+ * (floats, bytes, or 64-bit words for sign bits). */
+typedef void (*score_fn)(const void *queries, int64_t nq, const void *rows, const int64_t *index, int64_t nrows,
+                         int64_t dim, float *out);
 
 /* One kernel per code type and instruction set: every query against every row, a row at a
  * time, read in order. DOT(query, row, dim) scores one pair; ATTR compiles the kernel for
  * the instruction set DOT uses (empty: the baseline). */
 #define DEFINE_KERNEL(NAME, ATTR, QUERY_T, CODE_T, DOT)                                                            \
-    ATTR static void NAME(const void *qv, int64_t nq, const void *rv, int64_t nrows, int64_t dim, float *out) { \
+    ATTR static void NAME(const void *qv, int64_t nq, const void *rv, const int64_t *index, int64_t nrows,    \
+                          int64_t dim, float *out) {                                                      \
         const QUERY_T *q = qv;                                                                              \
         const CODE_T *rows = rv;                                                                          \
-        for (int64_t r = 0; r < nrows; r++)                                                               \
-            for (int64_t j = 0; j < nq; j++) out[j * nrows + r] = DOT(q + j * dim, rows + r * dim, dim);  \
+        for (int64_t r = 0; r < nrows; r++) {                                                             \
+            const CODE_T *row = rows + (index ? index[r] : r) * dim;                                      \
+            for (int64_t j = 0; j < nq; j++) out[j * nrows + r] = DOT(q + j * dim, row, dim);              \
+        }                                                                                                 \
     }
 
 /* Portable: eight partial sums, which compilers vectorise for the baseline (SSE2 on x86-64). */
@@ -331,11 +335,14 @@ __attribute__((target(AVX512_VNNI_TARGET), always_inline)) static inline float i
 }
 
 __attribute__((target(AVX512_VNNI_TARGET))) static void i8_vnni(const void *qv, int64_t nq, const void *rv,
-                                                                 int64_t nrows, int64_t dim, float *out) {
+                                                                 const int64_t *index, int64_t nrows, int64_t dim,
+                                                                 float *out) {
     const int8_t *rows = rv;
     int64_t stride = vnni_query_bytes(dim);
-    for (int64_t r = 0; r < nrows; r++)
-        for (int64_t j = 0; j < nq; j++) out[j * nrows + r] = i8_row_vnni((const char *)qv + j * stride, rows + r * dim, dim);
+    for (int64_t r = 0; r < nrows; r++) {
+        const int8_t *row = rows + (index ? index[r] : r) * dim;
+        for (int64_t j = 0; j < nq; j++) out[j * nrows + r] = i8_row_vnni((const char *)qv + j * stride, row, dim);
+    }
 }
 
 /* Per-row bit counts of one query against up to 8 rows, as 8 lanes of per-word counts each. */
@@ -385,10 +392,12 @@ __attribute__((target(AVX512_POPCNT_TARGET), always_inline)) static inline void 
 }
 
 /* Codes of 256, 512 and 1024 bits get kernels compiled for their width: the masked loads of
- * the general loop cost more than the popcounts (2.4 vs 1.1 ns per 512-bit code). */
+ * the general loop cost more than the popcounts (2.4 vs 1.1 ns per 512-bit code). Eight
+ * consecutive rows a pass: no index (kernel_t.indexes is 0; a filter's rows are gathered). */
 __attribute__((target(AVX512_POPCNT_TARGET))) static void hamming_avx512(const void *qv, int64_t nq,
-                                                                          const void *rv, int64_t nrows,
-                                                                          int64_t words, float *out) {
+                                                                          const void *rv, const int64_t *index,
+                                                                          int64_t nrows, int64_t words, float *out) {
+    (void)index;
     switch (words) {
     case 4: hamming_rows_avx512(qv, nq, rv, nrows, 4, out); break;
     case 8: hamming_rows_avx512(qv, nq, rv, nrows, 8, out); break;
@@ -427,19 +436,20 @@ typedef struct {
     score_fn score;
     prepare_fn prepare;
     int64_t (*prepared_bytes)(int64_t dim);
+    int indexes; /* reads a filter's rows in place through an index; else they are gathered */
 } kernel_t;
 
 /* `finite`: the queries hold no infinity (the VNNI split needs a finite scale; the float
  * kernels give an infinite query infinite scores, and so must every level). */
 static kernel_t pick_kernel(int kind, int64_t dim, int finite) {
-    kernel_t plain = {NULL, NULL, NULL};
+    kernel_t plain = {NULL, NULL, NULL, 1};
 #ifdef POLYMODAL_X86
     if (isa_cap >= ISA_AVX512) {
         if (kind == KIND_I8 && cpu_has_avx512_vnni() && dim <= VNNI_MAX_DIM && finite)
-            return (kernel_t){i8_vnni, vnni_prepare, vnni_query_bytes};
+            return (kernel_t){i8_vnni, vnni_prepare, vnni_query_bytes, 1};
         if (kind == KIND_F32 && cpu_has_avx512()) plain.score = f32_avx512;
         if (kind == KIND_I8 && cpu_has_avx512()) plain.score = i8_avx512;
-        if (kind == KIND_HAMMING && cpu_has_avx512_popcnt()) plain.score = hamming_avx512;
+        if (kind == KIND_HAMMING && cpu_has_avx512_popcnt()) plain.score = hamming_avx512, plain.indexes = 0;
     }
     if (!plain.score && isa_cap >= ISA_AVX2) {
         if (kind == KIND_F32 && cpu_has_avx2_fma()) plain.score = f32_avx2;
@@ -575,7 +585,7 @@ typedef struct {
     const char *codes;
     const int64_t *rows; /* NULL: every row in order; else scan codes[rows[i]] (a filter) */
     const int64_t *ids;  /* NULL: the row number is the id */
-    char *gather;        /* rows given: this thread's buffer of one block of rows */
+    char *gather;        /* rows given to a kernel that cannot index: this thread's buffer of one block */
     int64_t n, chunk_rows, block;
     _Atomic int64_t *next_chunk; /* shared by the threads of one scan */
     float *heap_s;               /* nq x k, this thread's own */
@@ -589,13 +599,17 @@ static void scan_rows(const scan_job *job, int64_t g, int64_t begin, int64_t end
     for (int64_t start = begin; start < end; start += block) {
         int64_t rows = end - start < block ? end - start : block;
         const char *codes = job->codes + start * job->row_stride;
-        if (job->rows) { /* a filter: the block's rows gathered into a buffer that stays in cache */
+        const int64_t *index = NULL;
+        if (job->rows && !job->gather) { /* a filter: its rows read in place */
+            codes = job->codes;
+            index = job->rows + start;
+        } else if (job->rows) { /* ... or gathered into a buffer that stays in cache */
             for (int64_t r = 0; r < rows; r++)
                 memcpy(job->gather + r * job->row_stride, job->codes + job->rows[start + r] * job->row_stride,
                        (size_t)job->row_stride);
             codes = job->gather;
         }
-        job->score(job->queries + g * job->query_stride, group, codes, rows, job->dim, scores);
+        job->score(job->queries + g * job->query_stride, group, codes, index, rows, job->dim, scores);
         for (int64_t j = 0; j < group; j++) {
             float *hs = job->heap_s + (g + j) * job->k;
             int64_t *hi = job->heap_i + (g + j) * job->k;
@@ -736,9 +750,11 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     char *prepared = kernel.prepare ? aligned_alloc(64, (size_t)(nq * query_stride) + 64) : NULL;
     float *heap_s = malloc((size_t)(nthreads * nq * k) * sizeof(float) + 1);
     int64_t *heap_i = malloc((size_t)(nthreads * nq * k) * sizeof(int64_t) + 1);
-    /* with rows: one block of gathered rows per thread (32 KB, or 16 rows where those are larger) */
-    char *gather = rows ? malloc((size_t)(nthreads * block * row_bytes) + 1) : NULL;
-    int failed = !heap_s || !heap_i || (kernel.prepare && !prepared) || (rows && !gather);
+    /* with rows, for a kernel that cannot index: one block of gathered rows per thread (32 KB,
+     * or 16 rows where those are larger) */
+    int gathers = rows && !kernel.indexes;
+    char *gather = gathers ? malloc((size_t)(nthreads * block * row_bytes) + 1) : NULL;
+    int failed = !heap_s || !heap_i || (kernel.prepare && !prepared) || (gathers && !gather);
     if (!failed) {
         scan_job jobs[MAX_THREADS];
         _Atomic int64_t next_chunk = 0;

@@ -39,6 +39,8 @@ class Backend(ABC):
         self.dim = dim
         self.params = params
         self.ids = np.empty(0, dtype=np.int64)  # item ids, ascending; position = internal id
+        # (the ids it was made for, a table of position by id or None, whether they are unique): `positions`
+        self._lookup: tuple[np.ndarray, np.ndarray | None, bool] | None = None
 
     def build(self, ids: np.ndarray, vectors: np.ndarray, sample: np.ndarray | None = None) -> None:
         order = np.argsort(ids, kind="stable")
@@ -53,7 +55,7 @@ class Backend(ABC):
         if allowed is None:
             scores, positions = self._search(queries, k, None)
         else:
-            positions_allowed = np.flatnonzero(np.isin(self.ids, allowed))
+            positions_allowed = self.positions(allowed)
             if len(positions_allowed) == 0:
                 return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
             if self.pushes_filters:
@@ -66,6 +68,41 @@ class Backend(ABC):
         found = np.where(positions >= 0, self.ids[np.clip(positions, 0, None)], -1)
         scores = np.where(positions >= 0, scores, -np.inf).astype(np.float32)
         return merge_top_k(scores, found, k)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """The positions, ascending and once each, of those of `ids` this backend holds
+        (others are left out). Through a table of position by id where the ids are dense
+        (built on first use, at most 2 entries per item), else a binary search of the sorted
+        ids: np.isin sorted all of them on every filtered query (15 ms at 1M items)."""
+        wanted = np.asarray(ids, dtype=np.int64).ravel()
+        if len(self.ids) == 0 or len(wanted) == 0:
+            return np.empty(0, dtype=np.int64)
+        table, unique = self._id_lookup()
+        if not unique:  # an id at several positions (build does not forbid it): all of them
+            return np.flatnonzero(np.isin(self.ids, wanted))
+        if table is not None:
+            offsets = wanted - self.ids[0]
+            if offsets.min() < 0 or offsets.max() >= len(table):
+                offsets = offsets[(offsets >= 0) & (offsets < len(table))]
+            found = table[offsets]
+            found = found[found >= 0].astype(np.int64)
+        else:
+            at = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
+            found = at[self.ids[at] == wanted]
+        if len(found) > 1 and not bool((found[1:] > found[:-1]).all()):
+            found = np.unique(found)  # unsorted or repeated ids
+        return found
+
+    def _id_lookup(self) -> tuple[np.ndarray | None, bool]:
+        if self._lookup is None or self._lookup[0] is not self.ids:  # built or loaded since
+            unique = bool((self.ids[1:] != self.ids[:-1]).all())
+            span = int(self.ids[-1] - self.ids[0]) + 1
+            table = None
+            if unique and span <= 2 * len(self.ids):
+                table = np.full(span, -1, dtype=np.int32 if len(self.ids) < 2**31 else np.int64)
+                table[self.ids - self.ids[0]] = np.arange(len(self.ids))
+            self._lookup = (self.ids, table, unique)
+        return self._lookup[1], self._lookup[2]
 
     def _overfetch(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fetch more and more until k allowed results per query (or everything) are found."""
