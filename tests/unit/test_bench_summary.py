@@ -84,6 +84,14 @@ def test_gpu_train_step_and_ingest_rows() -> None:
     assert rows["vit texts embedded/s, 512 captions in batches of 256"][1:4] == ("300", "transformers 150", "2.00x")
 
 
+def test_filtered_exact_search_rows() -> None:
+    exact = record("search_exact", {"exact_1m": {"dim": 512, "filtered": {"fp32": {"0.05": {
+        "polymodal_ms": 8.8, "faiss_ms": 23.8, "polymodal_speed_vs_faiss": 2.71}}}}})
+    rows = {r[0]: r for r in summary.rows({"search_exact": exact})}
+    row = rows["exact search 1M x 512, fp32 codes, one query, 5% of items allowed (ms)"]
+    assert row[1:4] == ("8.8", "faiss IDSelectorBatch 23.8", "2.71x")
+
+
 def test_ingest_rows_show_the_default_workers_and_preprocess_rows_the_peers() -> None:
     ingest = record("ingest", {"default_workers": 0, "models": {"vit": {
         "count": 256, "encoder_alone_images_per_s": 20.0, "workers_0": {"images_per_s": 18.0, "of_encoder": 0.9},
