@@ -300,7 +300,11 @@ static PyObject *py_resize(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "unknown filter %d", job.filter);
         return NULL;
     }
-    const float *b = job.box; /* Pillow's checks, with its messages */
+    const float *b = job.box; /* Pillow's checks, with its messages, and finite values */
+    if (!isfinite(b[0]) || !isfinite(b[1]) || !isfinite(b[2]) || !isfinite(b[3])) {
+        PyErr_SetString(PyExc_ValueError, "box values must be finite");
+        return NULL;
+    }
     if (b[0] < 0 || b[1] < 0) {
         PyErr_SetString(PyExc_ValueError, "box offset can't be negative");
         return NULL;

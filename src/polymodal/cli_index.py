@@ -40,8 +40,8 @@ ModelOpt = Annotated[str | None, typer.Option(
 ReembedOpt = Annotated[bool, typer.Option(help="Re-embed the whole store when --model differs from its model.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N; default: CUDA when available.")]
 WorkersOpt = Annotated[int | None, typer.Option(min=0, help=(
-    "Image-decoding processes (0: in this process). Default: 2 with a GPU or more than 2 CPU cores; 0 on "
-    "2 cores, where workers would take the cores the model needs."), show_default=False)]
+    "Image-decoding processes (0: in this process). Default: 2 with a GPU or more than 2 CPU cores; 0 with "
+    "2 cores or fewer, where workers would take the cores the model needs."), show_default=False)]
 _INT8_HELP = ("int8: Linear layers quantised, on the CPU (1.3-2.4x fp32's speed at batch 64, embeddings within "
               "cosine 0.996 of fp32's; check the evaluation: small models lose some recall).")
 _BF16_HELP = ("bf16 (autocast: on CPUs with fast bf16 units, e.g. AMD Zen 4, 1.7-2.2x fp32's speed within cosine "

@@ -52,7 +52,7 @@ def resize_rgb(image: Image.Image, size: tuple[int, int], filter: str, box: Box 
     box = (0.0, 0.0, float(image.width), float(image.height)) if box is None else tuple(map(float, box))  # type: ignore[assignment]
     if not available() or not matches_pillow() or (image.size == size and box == (0, 0, *image.size)):
         out = np.asarray(image.resize(size, pillow_filter, box=box))  # Pillow copies an unchanged image as is
-        return np.ascontiguousarray(out.transpose(2, 0, 1)) if channels_first else out
+        return np.ascontiguousarray(out.transpose(2, 0, 1)) if channels_first else np.array(out)  # writable
     out = np.empty((3, height, width) if channels_first else (height, width, 3), dtype=np.uint8)
     _module().resize(np.asarray(image), image.width, image.height, box, out, width, height, code, channels_first)
     return out

@@ -282,16 +282,19 @@ def test_binary_codes_are_laid_out_for_the_scan_once_and_search_like_numpy(dim: 
     np.arange(100, 300),  # dense: the position table
     np.arange(0, 2000, 7),  # sparse: the binary search
     np.array([5, 9, 9, 12, 40]),  # an id at two positions
-], ids=["dense", "sparse", "repeated"])
+    np.array([-2**62 - 1, 0, 2**62 + 1]),  # a span beyond int64
+    np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max]),
+], ids=["dense", "sparse", "repeated", "wide", "extremes"])
 def test_positions_of_allowed_ids_are_what_isin_finds(ids: np.ndarray, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     backend = ExactBackend(4)
     backend.build(rng.permutation(ids), rng.standard_normal((len(ids), 4)).astype(np.float32))
     lo, hi = int(ids.min()), int(ids.max())
-    for wanted in (rng.integers(lo - 50, hi + 50, 80),  # unknown ids, below and above the range too
+    for wanted in (rng.integers(max(lo, -2**62) - 50, min(hi, 2**62) + 50, 80),  # unknown ids, outside too
                    np.sort(rng.choice(ids, len(ids) // 3, replace=False)),  # sorted, all known
                    np.concatenate([ids[::-1], ids[:3]]),  # unsorted, repeated
-                   np.array([lo - 1, hi + 1]), np.array([], dtype=np.int64)):
+                   np.array([lo - 1, hi + 1]), np.array([], dtype=np.int64),
+                   ids.astype(np.float64) + 0.5, np.array([2**64 - 1], dtype=np.uint64)):  # compared by value
         expected = np.flatnonzero(np.isin(backend.ids, wanted))
         np.testing.assert_array_equal(backend.positions(wanted), expected)
     backend.save(tmp_path / "b")

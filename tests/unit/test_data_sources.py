@@ -164,9 +164,12 @@ def test_image_files_lists_what_rglob_would_in_path_order(tmp_path: Path) -> Non
     (root / "a" / "linked-dir").symlink_to(root / "real")  # not entered, as rglob does not
     (root / "a" / "linked.jpg").symlink_to(root / "real" / "v.jpg")  # a link to a file is listed
     (root / "a" / "broken.jpg").symlink_to(root / "gone.jpg")  # a broken link is not
+    (root / "a" / "loop.jpg").symlink_to(root / "a" / "loop.jpg")  # nor a link to itself
+    (root / "b" / "..jpg").write_bytes(b"")  # suffix .jpg, as pathlib reads it
+    (root / "b" / ".jpg").write_bytes(b"")  # a hidden file without a suffix
     expected = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     listed = image_files(root)
     assert listed == expected
     assert [p.relative_to(root).as_posix() for p in listed] == [
-        "a/deep/er/w.webp", "a/linked.jpg", "a/z.jpeg", "a-b/y.PNG", "b/x.jpg", "real/v.jpg"]
+        "a/deep/er/w.webp", "a/linked.jpg", "a/z.jpeg", "a-b/y.PNG", "b/..jpg", "b/x.jpg", "real/v.jpg"]
     assert image_files(tmp_path / "missing") == []

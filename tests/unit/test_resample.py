@@ -154,6 +154,8 @@ def test_the_extension_checks_its_buffers_and_sizes() -> None:
         module.resize(src, 20, 10, full, b"\0" * 75, 5, 5, 0, False)  # read-only output
     with pytest.raises(ValueError, match="unknown kernel level"):
         module.set_isa("sse9")
+    with pytest.raises(ValueError, match="box values must be finite"):
+        module.resize(src, 20, 10, (0.0, float("nan"), 20.0, 10.0), np.zeros(75, np.uint8), 5, 5, 0, False)
 
 
 @pytest.mark.parametrize("mode", ["shortest", "squash"])

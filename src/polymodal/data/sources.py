@@ -103,15 +103,24 @@ def image_files(folder: str | Path) -> list[Path]:
     pending = [os.fspath(folder)]
     while pending:
         try:
-            with os.scandir(pending.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
-                        found.append(entry.path)
-        except (PermissionError, NotADirectoryError, FileNotFoundError):
+            entries = list(os.scandir(pending.pop()))
+        except OSError:  # unreadable, gone, or not a directory
             continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif _suffix(entry.name).lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    found.append(entry.path)
+            except OSError:  # a link in a loop, or to where we may not look: not a file, as for is_file()
+                continue
     return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]  # Path order: part by part
+
+
+def _suffix(name: str) -> str:
+    """`Path(name).suffix`: from the last dot, unless the name starts or ends there."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 # --------------------------------------------------------------------------- loaders

@@ -29,6 +29,14 @@ from polymodal.index.quantizers import Quantizer, construct, import_faiss, make_
 from polymodal.index.topk import check_queries, merge_top_k
 
 
+def _exact_int64(values: np.ndarray) -> bool:
+    """Whether `values` are integers that int64 holds as they are (np.isin compares by value:
+    1.5 or 2**64 - 1 must not become an id)."""
+    if values.dtype.kind == "i":
+        return True
+    return values.dtype.kind == "u" and (len(values) == 0 or int(values.max()) < 2**63)
+
+
 class Backend(ABC):
     name: ClassVar[str] = ""
     # True when `allowed` is applied inside the search (faiss IDSelector, a subset scan);
@@ -74,35 +82,38 @@ class Backend(ABC):
         (others are left out). Through a table of position by id where the ids are dense
         (built on first use, at most 2 entries per item), else a binary search of the sorted
         ids: np.isin sorted all of them on every filtered query (15 ms at 1M items)."""
-        wanted = np.asarray(ids, dtype=np.int64).ravel()
-        if len(self.ids) == 0 or len(wanted) == 0:
+        held = self.ids  # one array throughout, should another thread rebuild meanwhile
+        wanted = np.asarray(ids).ravel()
+        if len(held) == 0 or len(wanted) == 0:
             return np.empty(0, dtype=np.int64)
-        table, unique = self._id_lookup()
-        if not unique:  # an id at several positions (build does not forbid it): all of them
-            return np.flatnonzero(np.isin(self.ids, wanted))
+        table, unique = self._id_lookup(held)
+        if not unique or not _exact_int64(wanted):  # an id at several positions, or ids not int64 as given
+            return np.flatnonzero(np.isin(held, wanted))
+        wanted = wanted.astype(np.int64, copy=False)
         if table is not None:
-            offsets = wanted - self.ids[0]
+            offsets = wanted - held[0]  # a wrapped difference lands outside the table too
             if offsets.min() < 0 or offsets.max() >= len(table):
                 offsets = offsets[(offsets >= 0) & (offsets < len(table))]
             found = table[offsets]
             found = found[found >= 0].astype(np.int64)
         else:
-            at = np.minimum(np.searchsorted(self.ids, wanted), len(self.ids) - 1)
-            found = at[self.ids[at] == wanted]
+            at = np.minimum(np.searchsorted(held, wanted), len(held) - 1)
+            found = at[held[at] == wanted]
         if len(found) > 1 and not bool((found[1:] > found[:-1]).all()):
             found = np.unique(found)  # unsorted or repeated ids
         return found
 
-    def _id_lookup(self) -> tuple[np.ndarray | None, bool]:
-        if self._lookup is None or self._lookup[0] is not self.ids:  # built or loaded since
-            unique = bool((self.ids[1:] != self.ids[:-1]).all())
-            span = int(self.ids[-1] - self.ids[0]) + 1
+    def _id_lookup(self, held: np.ndarray) -> tuple[np.ndarray | None, bool]:
+        lookup = self._lookup
+        if lookup is None or lookup[0] is not held:  # built or loaded since
+            unique = bool((held[1:] != held[:-1]).all())
+            span = int(held[-1]) - int(held[0]) + 1  # Python ints: int64 ids may span more than int64
             table = None
-            if unique and span <= 2 * len(self.ids):
-                table = np.full(span, -1, dtype=np.int32 if len(self.ids) < 2**31 else np.int64)
-                table[self.ids - self.ids[0]] = np.arange(len(self.ids))
-            self._lookup = (self.ids, table, unique)
-        return self._lookup[1], self._lookup[2]
+            if unique and span <= 2 * len(held):
+                table = np.full(span, -1, dtype=np.int32 if len(held) < 2**31 else np.int64)
+                table[held - held[0]] = np.arange(len(held))
+            lookup = self._lookup = (held, table, unique)
+        return lookup[1], lookup[2]
 
     def _overfetch(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fetch more and more until k allowed results per query (or everything) are found."""

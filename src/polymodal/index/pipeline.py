@@ -28,7 +28,7 @@ from polymodal.transforms import DEFAULT_MAX_PIXELS, ImageTransform
 @dataclass(frozen=True)
 class IndexOptions:
     batch_size: int = 64
-    num_workers: int | None = None  # image-decoding processes; 0 decodes in this process; None: decode_workers
+    num_workers: int | None = 0  # image-decoding processes; 0 decodes in this process; None: decode_workers
     flush_every: int = 1024  # vectors per commit: the most a killed run has to redo
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     # polymodal.inference.PRECISIONS; int8 is applied when the model is loaded. fp32 by

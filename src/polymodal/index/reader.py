@@ -13,6 +13,7 @@ stored (a renamed, copied or touched file) reuses that vector instead of being e
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -192,7 +193,7 @@ def plan_run(store: Store, listing: SourceListing, hash_threads: int = 4,
     return plan
 
 
-HASH_CHUNK = 64  # files per pool task: a task per small file cost more than hashing it
+HASH_CHUNK = 64  # files per pool task at most: a task per small file cost more than hashing it
 PARALLEL_HASH_BYTES = 64 << 10  # mean file size from which threads pay
 
 
@@ -204,7 +205,8 @@ def _hash_all(found: list[Found], threads: int, progress: Progress | None) -> li
         return []
     if sum(f.size for f in found) < PARALLEL_HASH_BYTES * len(found):
         threads = 1
-    chunks = [found[i:i + HASH_CHUNK] for i in range(0, len(found), HASH_CHUNK)]
+    size = max(1, min(HASH_CHUNK, math.ceil(len(found) / (4 * max(1, threads)))))  # a few tasks per thread
+    chunks = [found[i:i + size] for i in range(0, len(found), size)]
     out: list[str] = []
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for shas in pool.map(lambda chunk: [sha256_of(f.ref) for f in chunk], chunks):
