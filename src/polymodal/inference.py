@@ -18,6 +18,7 @@ from torch import Tensor
 
 from polymodal.errors import ConfigError
 from polymodal.models.dual_encoder import DualEncoder
+from polymodal.models.linear import release
 from polymodal.models.tower import Tower
 from polymodal.tokenizer import Tokenizer
 
@@ -64,6 +65,7 @@ def quantise_int8(model: M) -> M:
     device = model_device(model)
     if device.type != "cpu":
         raise ConfigError(f"--precision int8 runs on the CPU; the model is on {device} (use bf16 there)")
+    release(model)  # torch.ao swaps plain nn.Linear layers only
     with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated for torchao, still shipped
         warnings.simplefilter("ignore")
         quantised: M = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear},

@@ -21,6 +21,7 @@ from polymodal.errors import CheckpointError, DataError
 from polymodal.eval.embed import Progress
 from polymodal.eval.report import Evaluation, write_report
 from polymodal.models.dual_encoder import DualEncoder
+from polymodal.models.linear import adopt
 from polymodal.tokenizer import Tokenizer
 from polymodal.transforms import ImageTransform
 
@@ -91,6 +92,8 @@ def load_for_eval(spec: str, options: EvalOptions) -> LoadedModel:
         from polymodal.inference import quantise_int8
 
         model = quantise_int8(model)
+    else:  # a pretrained tower's own nn.Linear layers too: oneDNN's packed products for inference
+        adopt(model)
     return LoadedModel(model, get_tokenizer(path), get_transforms(model.config), path, mid)
 
 

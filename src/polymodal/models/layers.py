@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from polymodal.config import TransformerConfig
 from polymodal.models.activations import quick_gelu
+from polymodal.models.linear import Linear
 
 # --------------------------------------------------------------------------- activations
 
@@ -44,9 +45,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, act: str = "gelu") -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = make_activation(act)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -84,8 +85,8 @@ class MultiheadAttention(nn.Module):
         self.head_dim = dim // heads
         # One fused projection: a single matmul for self-attention; cross-attention
         # slices it into the query part and the key/value part.
-        self.in_proj = nn.Linear(dim, 3 * dim, bias=bias)
-        self.out_proj = nn.Linear(dim, dim, bias=bias)
+        self.in_proj = Linear(dim, 3 * dim, bias=bias)
+        self.out_proj = Linear(dim, dim, bias=bias)
         self.recorded: list[Tensor] | None = None  # set by capture_attention()
 
     def forward(
@@ -116,7 +117,11 @@ class MultiheadAttention(nn.Module):
     def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if context is None:
             q, k, v = self.in_proj(x).chunk(3, dim=-1)
-        elif isinstance(self.in_proj.weight, Tensor):
+        elif isinstance(self.in_proj, Linear):
+            dim = x.shape[-1]
+            q = self.in_proj.rows(x, 0, dim)
+            k, v = self.in_proj.rows(context, dim, 3 * dim).chunk(2, dim=-1)
+        elif isinstance(self.in_proj.weight, Tensor):  # a plain nn.Linear (converted models)
             dim = x.shape[-1]
             q = F.linear(x, self.in_proj.weight[:dim], _slice(self.in_proj.bias, 0, dim))
             k, v = F.linear(context, self.in_proj.weight[dim:],

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from polymodal.errors import ConfigError
 from polymodal.models.layers import Transformer
+from polymodal.models.linear import Linear
 
 LayerGroup = list[nn.Module | nn.Parameter]
 
@@ -91,14 +92,14 @@ def build_projection(kind: str, in_dim: int, out_dim: int, bias: bool) -> nn.Mod
     none: identity, only when the tower's width already is the embedding size.
     """
     if kind == "linear":
-        head = nn.Linear(in_dim, out_dim, bias=bias)
+        head = Linear(in_dim, out_dim, bias=bias)
         nn.init.normal_(head.weight, std=in_dim**-0.5)  # CLIP's projection init
         if head.bias is not None:
             nn.init.zeros_(head.bias)
         return head
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(in_dim, in_dim, bias=bias), nn.GELU(),
-                             nn.Linear(in_dim, out_dim, bias=bias))
+        return nn.Sequential(Linear(in_dim, in_dim, bias=bias), nn.GELU(),
+                             Linear(in_dim, out_dim, bias=bias))
     if kind == "none":
         if in_dim != out_dim:
             raise ConfigError(f"proj 'none' needs tower width {in_dim} == embed_dim {out_dim}")

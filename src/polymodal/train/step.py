@@ -9,8 +9,9 @@ gets the gradients of the full-batch loss with the memory of one chunk:
   2. compute the loss on all embeddings and backpropagate to the embeddings only,
   3. re-embed each chunk with a graph and backpropagate the cached embedding gradients.
 
-Step 3 must reproduce step 1 exactly: the towers have no dropout and augmentation
-happens in the data loader, so they do.
+Step 3 must reproduce step 1 exactly: the towers have no dropout, augmentation happens
+in the data loader, and a forward pass multiplies alike with and without gradients
+(models/linear.py), so they do.
 """
 
 from __future__ import annotations
