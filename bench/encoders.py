@@ -8,7 +8,9 @@ Architectures: ViT-B/32 (transformers' default CLIPConfig: 224 px, 12 + 12 layer
 is downloaded) and converted to polymodal with the converter (polymodal/convert.py), so
 both sides compute the same function. Variants of ours, each against the same peer run:
 
-- fp32: the reference path (tolerance 1e-4 against the peer's embeddings);
+- fp32: the reference path (tolerance 1e-4 against the peer's embeddings), with its linear
+  layers on oneDNN's packed weights as polymodal runs them (polymodal/models/linear.py);
+- fp32_mkl: the same with torch's own products (MKL), to show what the packing gives;
 - bf16: autocast to bfloat16 (agreement reported as the cosine to fp32);
 - int8: dynamic int8 quantisation of every Linear layer (torch.ao; cosine to fp32; CPU only).
 
@@ -55,11 +57,12 @@ from torch import nn
 from polymodal.checkpoint import load_state
 from polymodal.convert import config_from_hf, remap_clip_state
 from polymodal.inference import quantise_int8
+from polymodal.models import linear as packed_linear
 from polymodal.models.dual_encoder import DualEncoder
 
 BATCHES = {"cpu": (1, 64), "cuda": (1, 64, 256)}
 #: timed a second time on the CPU with polymodal.runtime.tune_allocator() on
-TUNED_VARIANTS = ("peer", "fp32", "int8")
+TUNED_VARIANTS = ("peer", "fp32", "fp32_mkl", "int8")
 FP32_TOLERANCE = 1e-4
 
 
@@ -126,7 +129,8 @@ def measure(name: str, config: Any, device: str = "cpu", compile: bool = False) 
         modality, batch = key.split("/")
         row = {f"{v}_per_s": round(r, 1) for v, r in rate.items()}
         row.update({f"{v}_over_peer": round(rate[v] / rate["peer"], 2)
-                    for v in ("fp32", "bf16", "int8", "compiled", "compiled_bf16", "fp32_tuned", "int8_tuned")
+                    for v in ("fp32", "fp32_mkl", "bf16", "int8", "compiled", "compiled_bf16", "fp32_tuned",
+                              "fp32_mkl_tuned", "int8_tuned")
                     if v in rate})
         if "peer_tuned" in rate:
             row["fp32_tuned_over_peer_tuned"] = round(rate["fp32_tuned"] / rate["peer_tuned"], 2)
@@ -175,8 +179,9 @@ def agreement(config: Any, device: str) -> dict[str, Any]:
         out["parity"][modality] = parity
     # FLOPs of one item, to read throughput as a share of the matmul ceiling (counted with
     # autograd on: torch's module tracker fails under no_grad and inference_mode)
-    out["image"]["gflop_per_item"] = gflop(lambda: ours.encode_image(pixels[:8])) / 8
-    out["text"]["gflop_per_item"] = gflop(lambda: ours.encode_text(ids[:8], mask[:8])) / 8
+    with packed_linear.disabled():  # the counter knows aten's products, not oneDNN's op
+        out["image"]["gflop_per_item"] = gflop(lambda: ours.encode_image(pixels[:8])) / 8
+        out["text"]["gflop_per_item"] = gflop(lambda: ours.encode_text(ids[:8], mask[:8])) / 8
     return out
 
 
@@ -199,11 +204,13 @@ def timings(config: Any, device: str, compile: bool = False, only: Sequence[str]
             "image": {
                 "peer": lambda p=p: peer.get_image_features(pixel_values=p),
                 "fp32": lambda p=p: ours.encode_image(p),
+                "fp32_mkl": lambda p=p: _mkl(lambda: ours.encode_image(p)),
                 "bf16": lambda p=p: _bf16(device, lambda: ours.encode_image(p)),
             },
             "text": {
                 "peer": lambda i=i, m=m: peer.get_text_features(input_ids=i, attention_mask=m),
                 "fp32": lambda i=i, m=m: ours.encode_text(i, m),
+                "fp32_mkl": lambda i=i, m=m: _mkl(lambda: ours.encode_text(i, m)),
                 "bf16": lambda i=i, m=m: _bf16(device, lambda: ours.encode_text(i, m)),
             },
         }
@@ -233,6 +240,12 @@ def gflop(run: Callable[[], object]) -> float:
     with FlopCounterMode(display=False) as counter:
         run()
     return counter.get_total_flops() / 1e9
+
+
+def _mkl(run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Our fp32 encoder with torch's own products (MKL) instead of oneDNN's packed ones."""
+    with packed_linear.disabled():
+        return run()
 
 
 def _bf16(device: str, run: Callable[[], torch.Tensor]) -> torch.Tensor:
