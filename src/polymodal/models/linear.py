@@ -72,7 +72,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fits(x):
-            return _PackedLinear.apply(x, self.weight, self.bias, self._packed_rows(0, self.out_features))
+            return _packed_product(x, self.weight, self.bias, self._packed_rows(0, self.out_features))
         return F.linear(x, self.weight, self.bias)
 
     def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
@@ -81,7 +81,7 @@ class Linear(nn.Linear):
         weight = self.weight[start:stop]
         bias = None if self.bias is None else self.bias[start:stop]
         if self._fits(x):
-            return _PackedLinear.apply(x, weight, bias, self._packed_rows(start, stop))
+            return _packed_product(x, weight, bias, self._packed_rows(start, stop))
         return F.linear(x, weight, bias)
 
     def _fits(self, x: Tensor) -> bool:
@@ -113,6 +113,14 @@ class Linear(nn.Linear):
         return state
 
 
+
+
+def _packed_product(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _PackedLinear.apply(x, weight, bias, packed)
+    # without autograd, the op itself: an autograd Function costs microseconds a call, which
+    # small layers at batch 1 notice
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 class _PackedLinear(torch.autograd.Function):
