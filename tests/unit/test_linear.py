@@ -155,3 +155,35 @@ def test_adopt_and_release_keep_parameters_and_state_dict() -> None:
     release(model)
     assert type(model[0]) is nn.Linear and model[0].__dict__.get("_packed") is None
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@needs_onednn
+def test_weights_substituted_per_call_are_never_confused() -> None:
+    """torch.func.functional_call passes a new weight each call; a freed weight's address
+    may come back for the next one, with the same version (0)."""
+    layer = _layer()
+    x = torch.randn(4, 48)
+    for scale in (1.0, 2.0, 3.0):
+        params = {"weight": layer.weight.detach() * scale, "bias": layer.bias.detach()}
+        with torch.no_grad():
+            out = torch.func.functional_call(layer, params, (x,))
+        _close(out, F.linear(x, params["weight"], params["bias"]))
+
+
+@needs_onednn
+def test_a_trainable_bias_alone_gets_its_gradient() -> None:
+    layer = _layer()
+    layer.weight.requires_grad_(False)
+    layer(torch.randn(3, 48)).sum().backward()
+    assert layer.bias.grad is not None and torch.allclose(layer.bias.grad, torch.full((40,), 3.0))
+
+
+def test_transforms_and_inference_weights_take_f_linear() -> None:
+    x, tangent = torch.randn(2, 48), torch.randn(2, 48)
+    layer = _layer()
+    with torch.no_grad():
+        _, out = torch.func.jvp(layer, (x,), (tangent,))
+    _close(out, F.linear(tangent, layer.weight))  # the tangent of x W^T + b
+    with torch.inference_mode():
+        frozen = _layer()  # weights made here are inference tensors, without version counters
+        _close(frozen(x), F.linear(x, frozen.weight, frozen.bias))

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -42,7 +43,10 @@ _generation = [0]  # bumped by every optimiser step and by invalidate(): packed 
 
 
 def invalidate() -> None:
-    """Pack every weight again before its next use (after writing weights through `.data`)."""
+    """Pack every weight again before its next use: after writes no version counter sees
+    (through `.data`, or into the vector `nn.utils.vector_to_parameters` took the weights
+    from), collectives (`dist.broadcast`), or functional optimisers that bypass
+    `Optimizer.step`."""
     _generation[0] += 1
 
 
@@ -88,19 +92,24 @@ class Linear(nn.Linear):
         weight = self.weight
         return (_state["enabled"] and x.device.type == "cpu" and x.dtype == torch.float32
                 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+                and not weight.is_inference()  # no version counter to key the packed copy on
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and forward_ad._current_level < 0  # forward-mode AD: F.linear has the tangents
+                and torch._C._functorch.peek_interpreter_stack() is None)  # torch.func transforms
 
     def _packed_rows(self, start: int, stop: int) -> Tensor:
         weight = self.weight
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape), _generation[0])
+        # the storage is part of the key and kept alive by it: a freed weight's address, reused
+        # by a new tensor of version 0 (torch.func.functional_call), must not match
+        key = (weight.untyped_storage(), weight.data_ptr(), weight._version, tuple(weight.shape), _generation[0])
         packed = self._packed if self._packed is not None else {}
         cached = packed.get((start, stop))
-        if cached is None or cached[0] != key:
+        if cached is None or not _same(cached[0], key):
             with torch.no_grad():
                 cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()[start:stop].contiguous(), None))
             # a fresh dict in one assignment: a concurrent caller sees the old one or the new
-            self._packed = {**{k: v for k, v in packed.items() if v[0] == key}, (start, stop): cached}
+            self._packed = {**{k: v for k, v in packed.items() if _same(v[0], key)}, (start, stop): cached}
         return cached[1]
 
     def _apply(self, fn: Any, recurse: bool = True) -> Linear:  # .to(), .float(), ...: pack again
@@ -115,8 +124,15 @@ class Linear(nn.Linear):
 
 
 
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    # key[0], the storage, is only held (it keeps the address from being reused), not compared:
+    # each untyped_storage() call returns a new wrapper
+    return bool(a[1:] == b[1:])
+
+
 def _packed_product(x: Tensor, weight: Tensor, bias: Tensor | None, packed: Tensor) -> Tensor:
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and needs_grad:
         return _PackedLinear.apply(x, weight, bias, packed)
     # without autograd, the op itself: an autograd Function costs microseconds a call, which
     # small layers at batch 1 notice

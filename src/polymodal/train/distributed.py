@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from polymodal.errors import ConfigError
+from polymodal.models import linear as packed_linear
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def broadcast_parameters(model: nn.Module, info: DistInfo) -> None:
     if info.world_size > 1:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, src=0)
+        packed_linear.invalidate()  # collectives write weights without bumping their version counters
 
 
 def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
