@@ -34,6 +34,11 @@ class CompiledExtension:
         finally:
             self.enabled = before
 
+    def isa(self) -> str:
+        """The kernels in use as the extension names them ('avx512', ...), or 'none' where it
+        is not built."""
+        return str(self._loaded.isa()) if self._loaded is not None else "none"
+
     def module(self) -> Any:
         """The extension module, or an error saying why it is missing."""
         if self._loaded is None:

@@ -87,9 +87,7 @@ def kernels(isa: str) -> Iterator[None]:
         module.set_isa(before)
 
 
-def isa() -> str:
-    """'avx512', 'avx2' or 'generic' (the row kernels in use), or 'none' without the extension."""
-    return str(_module().isa()) if _resample is not None else "none"
+isa = _extension.isa  # 'avx512', 'avx2' or 'generic' (the row kernels in use), or 'none' without the extension
 
 
 def cpu_isa() -> str:

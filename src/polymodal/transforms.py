@@ -172,9 +172,8 @@ class ImageTransform:
         from its decoding workers and normalises whole batches with `normalise`. The same
         bytes as `geometry`, through the compiled resize where it is built."""
         size = self.cfg.image_size
-        box = None if self.cfg.resize_mode == "squash" else center_crop_box(*rgb.size, self.cfg.resize_size or size,
-                                                                            size)
-        return torch.from_numpy(resize_rgb(rgb, (size, size), self.cfg.interpolation, box, channels_first=True))
+        return torch.from_numpy(resize_rgb(rgb, (size, size), self.cfg.interpolation, self._crop_box(rgb),
+                                           channels_first=True))
 
     def normalise(self, pixels: Tensor) -> Tensor:
         """(..., 3, S, S) uint8 -> float32 in [0, 1], less the mean, over the std: the one
@@ -188,10 +187,15 @@ class ImageTransform:
     def geometry(self, image: Image.Image) -> Image.Image:
         """The resized and cropped image, as a Pillow image (what `pixels` holds as an array)."""
         size = self.cfg.image_size
+        if self.cfg.resize_mode == "squash" and image.size == (size, size):
+            return image
+        return image.resize((size, size), self.resample, box=self._crop_box(image))
+
+    def _crop_box(self, image: Image.Image) -> tuple[float, float, float, float] | None:
+        """The source region resized to S x S: the centre crop, or None (all of it) when squashing."""
         if self.cfg.resize_mode == "squash":
-            return image if image.size == (size, size) else image.resize((size, size), self.resample)
-        box = center_crop_box(*image.size, self.cfg.resize_size or size, size)
-        return image.resize((size, size), self.resample, box=box)
+            return None
+        return center_crop_box(*image.size, self.cfg.resize_size or self.cfg.image_size, self.cfg.image_size)
 
     def _rgb(self, image: ImageSource) -> Image.Image:
         # Also for Pillow images: EXIF rotation, lazy decoding errors and modes are

@@ -36,9 +36,7 @@ disabled = _extension.disabled  # the numpy path for the duration (parity tests,
 _module = _extension.module
 
 
-def isa() -> str:
-    """The widest kernels in use: 'avx512', 'avx2', 'generic', or 'none' without the extension."""
-    return _module().isa() if _scan is not None else "none"
+isa = _extension.isa  # the widest kernels in use: 'avx512', 'avx2', 'generic', or 'none' without the extension
 
 
 def set_isa(name: str) -> None:

@@ -46,9 +46,7 @@ def portable() -> Iterator[None]:
         module.set_generic(False)
 
 
-def isa() -> str:
-    """'avx512' or 'generic' (the kernels in use), or 'none' without the extension."""
-    return str(_module().isa()) if _activations is not None else "none"
+isa = _extension.isa  # 'avx512' or 'generic' (the kernels in use), or 'none' without the extension
 
 
 def quick_gelu(x: Tensor) -> Tensor:
