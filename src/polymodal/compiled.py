@@ -1,5 +1,6 @@
 """The switch every optional compiled extension of polymodal shares (`index/_scan.c`,
-`models/_activations.c`): used when it was built (a C compiler at install time) and
+`models/_activations.c`, `_resample.c`, and torch's oneDNN kernels for `models/linear.py`
+under POLYMODAL_ONEDNN): used when it was built (a C compiler at install time) and
 POLYMODAL_NATIVE is not 0; `disabled()` turns it off for a while (parity tests, reference
 timings), and its Python fallback serves.
 
@@ -16,10 +17,10 @@ from typing import Any
 
 
 class CompiledExtension:
-    def __init__(self, module: Any, what: str) -> None:
+    def __init__(self, module: Any, what: str, switch: str = "POLYMODAL_NATIVE") -> None:
         self._loaded = module
         self._what = what
-        self.enabled = module is not None and os.environ.get("POLYMODAL_NATIVE", "1") != "0"
+        self.enabled = module is not None and os.environ.get(switch, "1") != "0"
 
     def available(self) -> bool:
         """True when the extension is built and not switched off."""

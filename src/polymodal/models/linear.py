@@ -26,9 +26,6 @@ of the sums differs; the tests hold it to that).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,7 +35,12 @@ from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-_state = {"enabled": os.environ.get("POLYMODAL_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()}
+from polymodal.compiled import CompiledExtension
+
+_extension = CompiledExtension(torch.ops.mkldnn if torch.backends.mkldnn.is_available() else None,
+                               "torch's oneDNN kernels", switch="POLYMODAL_ONEDNN")
+available = _extension.available  # oneDNN present and not switched off: packed products are used
+disabled = _extension.disabled  # F.linear everywhere for the duration
 _generation = [0]  # bumped by every optimiser step and by invalidate(): packed copies older than it are stale
 
 
@@ -51,21 +53,6 @@ def invalidate() -> None:
 
 
 register_optimizer_step_post_hook(lambda optimizer, args, kwargs: invalidate())
-
-
-def available() -> bool:
-    """True when packed products are used (oneDNN present, not switched off)."""
-    return _state["enabled"]
-
-
-@contextmanager
-def disabled() -> Iterator[None]:
-    """F.linear everywhere for the duration."""
-    before, _state["enabled"] = _state["enabled"], False
-    try:
-        yield
-    finally:
-        _state["enabled"] = before
 
 
 class Linear(nn.Linear):
@@ -90,7 +77,7 @@ class Linear(nn.Linear):
 
     def _fits(self, x: Tensor) -> bool:
         weight = self.weight
-        return (_state["enabled"] and x.device.type == "cpu" and x.dtype == torch.float32
+        return (_extension.enabled and x.device.type == "cpu" and x.dtype == torch.float32
                 and weight.dtype == torch.float32 and weight.device.type == "cpu"
                 and not weight.is_inference()  # no version counter to key the packed copy on
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
